@@ -1,0 +1,40 @@
+# inferno-jobs: `make dev` runs everything locally; `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+MODEL_DIR ?= models
+export MODEL_DIR
+
+.PHONY: install dev test test-unit test-integration bench models clean
+
+$(VENV)/.installed: setup.cfg setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[api,worker,build,dev]'
+	# torch only builds the tiny-gpt demo model (export to ONNX); serving never imports it.
+	$(PIP) install -q torch==2.13.0 || echo "torch not available: tiny-gpt will be skipped"
+	touch $@
+
+install: $(VENV)/.installed ## virtual environment with every extra
+
+models: install ## build the demo models into MODEL_DIR (offline)
+	$(VENV)/bin/inferno-jobs models build-demo
+
+dev: install models ## API, worker, Flower and an embedded Redis
+	INFERNO_AUTH=$${INFERNO_AUTH:-disabled} $(VENV)/bin/inferno-jobs dev
+
+test: install ## unit and integration tests (integration ones start their own Redis and workers)
+	$(PY) -m pytest -q tests
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit
+
+test-integration: install
+	$(PY) -m pytest -q tests/integration
+
+bench: install models ## throughput and latency ratios against bare Celery / raw ONNX Runtime
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) $(MODEL_DIR) .pytest_cache

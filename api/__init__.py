@@ -1,0 +1,52 @@
+"""The Flask API: ``create_app(settings=None)`` builds it; blueprints by resource."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+from flask import Flask
+
+from inferno_jobs.apikey import KeyRing
+from inferno_jobs.config import Settings
+from inferno_jobs.model import ModelRepository
+from inferno_jobs.store import JobStore
+
+
+@dataclass
+class Services:
+    """What the request handlers use, built once per app."""
+
+    settings: Settings
+    redis: redis.Redis
+    store: JobStore
+    keyring: KeyRing
+    models: ModelRepository
+    celery: object
+    started_at: float
+
+
+def create_app(settings: Settings | None = None, *, redis_client: redis.Redis | None = None,
+               celery=None) -> Flask:
+    """The API app. Tests pass fakeredis and a recording Celery stand-in; production passes nothing."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False
+    client = redis_client or redis.Redis.from_url(settings.redis_url)
+    if celery is None:
+        from workers.celery_app import make_celery
+
+        celery = make_celery(settings)
+    app.extensions["inferno"] = Services(settings=settings, redis=client, store=JobStore(client, settings),
+                                         keyring=KeyRing(client, settings), models=ModelRepository(settings.model_dir),
+                                         celery=celery, started_at=time.time())
+
+    from api import errors, health, jobs, models, openapi, request_context
+
+    request_context.init_app(app)
+    errors.init_app(app)
+    for module in (jobs, health, models, openapi):
+        app.register_blueprint(module.bp)
+    return app

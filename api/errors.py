@@ -1,0 +1,54 @@
+"""The one place that turns errors into HTTP responses: ``{"error": {code, message, details}, request_id, timestamp}``."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from api.request_context import request_id
+from inferno_jobs.errors import InfernoError, InternalError, InvalidRequest, NotFound, PayloadTooLarge
+from inferno_jobs.job import isoformat, now
+from inferno_jobs.schemas import ErrorResponse
+
+log = logging.getLogger(__name__)
+
+_HTTP = {404: NotFound, 413: PayloadTooLarge}
+
+
+def error_response(exc: InfernoError):
+    """The contract's error body for ``exc``, with its status and ``Retry-After`` when it has one."""
+    body = ErrorResponse().dump({
+        "error": {"code": exc.code, "message": exc.message, "details": exc.details},
+        "request_id": request_id(),
+        "timestamp": isoformat(now()),
+    })
+    response = jsonify(body)
+    response.status_code = exc.status
+    if exc.retry_after_s is not None:
+        response.headers["Retry-After"] = str(int(exc.retry_after_s))
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Register the handlers: known errors keep their code, HTTP errors map to codes, anything else is a 500."""
+
+    @app.errorhandler(InfernoError)
+    def _inferno(exc: InfernoError):
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        cls = _HTTP.get(exc.code, InvalidRequest if exc.code and exc.code < 500 else InternalError)
+        error = cls(exc.description or exc.name)
+        response = error_response(error)
+        response.status_code = exc.code or 500
+        if exc.code == 405:
+            response.headers["Allow"] = ", ".join(exc.valid_methods or [])
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error", extra={"request_id": request_id()})
+        return error_response(InternalError("internal error; quote the request_id when reporting it"))

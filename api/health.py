@@ -1,0 +1,52 @@
+"""``/health`` and ``/ready``: Redis, workers online (from their heartbeats, never a slow broadcast), queues."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, jsonify
+
+from api.request_context import services
+from inferno_jobs import __version__
+from inferno_jobs.job import now
+from inferno_jobs.queue import all_queues
+from inferno_jobs.schemas import HealthResponse
+
+bp = Blueprint("health", __name__)
+
+
+def workers_online() -> list[dict]:
+    """Workers whose heartbeat is recent (three reconcile intervals)."""
+    svc = services()
+    horizon = now() - 3 * max(1, svc.settings.reconcile_interval_s) - 5
+    beats = [json.loads(v) for v in svc.redis.hgetall(svc.store.keys.workers()).values()]
+    return [b for b in beats if b.get("last_seen", 0) >= horizon]
+
+
+def snapshot() -> dict:
+    """The health document; Redis being down is reported, not raised."""
+    svc = services()
+    body = {"version": __version__, "uptime_seconds": round(now() - svc.started_at, 3)}
+    try:
+        svc.redis.ping()
+        workers = workers_online()
+        queues = {q: svc.store.queue_depth(q) for q in all_queues()}
+        redis_state = "ok"
+    except Exception:
+        workers, queues, redis_state = [], {}, "down"
+    healthy = redis_state == "ok" and bool(workers)
+    body.update(status="healthy" if healthy else "degraded", redis=redis_state, workers=len(workers), queues=queues)
+    return body
+
+
+@bp.get("/health")
+def health():
+    """Always 200 while the API runs; ``status`` says ``healthy`` or ``degraded``."""
+    return jsonify(HealthResponse().dump(snapshot()))
+
+
+@bp.get("/ready")
+def ready():
+    """200 when Redis answers and a worker is online; 503 otherwise."""
+    body = HealthResponse().dump(snapshot())
+    return jsonify(body), (200 if body["status"] == "healthy" else 503)

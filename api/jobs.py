@@ -1,0 +1,102 @@
+"""``/jobs``: submit, read, list and cancel jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from flask import Blueprint, jsonify, request, url_for
+
+from api.body import json_body, load
+from api.request_context import request_id, services, tenant
+from inferno_jobs.errors import InternalError, InvalidRequest
+from inferno_jobs.job import Job, JobStatus
+from inferno_jobs.schemas import JobList, JobListQuery, JobRequest, JobResponse
+
+bp = Blueprint("jobs", __name__)
+
+
+def job_body(job: Job) -> dict:
+    """The job object, with its live queue position."""
+    return JobResponse().dump(job.to_api(services().store.queue_position(job)))
+
+
+def check_input_for_model(model, data: dict) -> None:
+    """Checks that need the model's config: the job type it serves, the feature count of a tabular model."""
+    model.check_serves(data["type"])
+    n_features = model.options.get("n_features")
+    features = data["input"].get("features")
+    if n_features and features and len(features[0]) != n_features:
+        raise InvalidRequest(f"model {model.name!r} takes rows of {n_features} features, got {len(features[0])}",
+                             details={"field": "input.features"})
+
+
+def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: tuple[str, str] | None = None):
+    """Validate against the model, store and enqueue a job; returns ``(job, created)``.
+
+    Shared by every surface that creates jobs. A job that cannot be enqueued is failed, never left queued.
+    """
+    svc = services()
+    model = svc.models.get(data["model"])
+    check_input_for_model(model, data)
+    settings = svc.settings
+    job = Job.create(
+        type=data["type"], model=model.name, tenant=owner, input=data["input"], priority=data["priority"],
+        pool=model.pool, ttl_s=min(data.get("ttl_s") or settings.default_ttl_s, settings.max_ttl_s),
+        timeout_s=min(data.get("timeout_s") or settings.default_timeout_s, settings.max_timeout_s),
+        batch_id=batch_id, metadata=data.get("metadata") or {}, webhook=data.get("webhook"),
+        request_id=request_id(),
+    )
+    job, created = svc.store.create(job, idempotency)
+    if created:
+        from workers.celery_app import enqueue
+
+        try:
+            enqueue(svc.celery, job)
+        except Exception as exc:
+            svc.store.transition(job.id, JobStatus.FAILED,
+                                 error={"code": "INTERNAL_ERROR", "message": f"could not enqueue: {exc}"})
+            raise InternalError("the job could not be enqueued; it was marked failed",
+                                details={"job_id": job.id}) from exc
+    return job, created
+
+
+@bp.post("/jobs")
+def create_job():
+    """Submit a job: 202 with the job (200 with the first job for a repeated ``Idempotency-Key``)."""
+    owner = tenant()
+    body = json_body()
+    data = load(JobRequest(), body)
+    key = request.headers.get("Idempotency-Key")
+    idempotency = None
+    if key is not None:
+        if not 1 <= len(key) <= 255:
+            raise InvalidRequest("Idempotency-Key must be 1 to 255 characters")
+        idempotency = (key, hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest())
+    job, created = submit(data, owner=owner, idempotency=idempotency)
+    response = jsonify(job_body(job))
+    response.status_code = 202 if created else 200
+    response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
+    return response
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    """One job, or 404 ``JOB_NOT_FOUND`` (also for another tenant's job and for ids that never existed)."""
+    return jsonify(job_body(services().store.get(job_id, tenant())))
+
+
+@bp.get("/jobs")
+def list_jobs():
+    """The caller's jobs, newest first: ``?status=&type=&batch_id=&limit=&cursor=``."""
+    owner = tenant()
+    query = load(JobListQuery(), request.args.to_dict())
+    jobs, cursor = services().store.list(owner, **query)
+    return jsonify(JobList().dump({"data": [job.to_api(services().store.queue_position(job)) for job in jobs],
+                                   "next_cursor": cursor}))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    """Cancel a job: queued -> ``canceled`` now; running -> cancellation requested; 409 if it already ended."""
+    return jsonify(job_body(services().store.cancel(job_id, tenant())))

@@ -1,0 +1,203 @@
+"""The ``inferno-jobs`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+import redis
+
+from inferno_jobs.config import Settings
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _print(data) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+@click.group()
+def main() -> None:
+    """inferno-jobs: queue-driven asynchronous inference jobs."""
+
+
+# -- running it ------------------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--port", default=8000, show_default=True, help="API port.")
+@click.option("--flower-port", default=5555, show_default=True, help="Flower port.")
+@click.option("--no-build", is_flag=True, help="Do not build missing demo models.")
+def dev(port: int, flower_port: int, no_build: bool) -> None:
+    """API, a cpu worker, Flower and an embedded Redis (unless REDIS_URL is set) in one command."""
+    from inferno_jobs.dev import run_dev
+
+    sys.exit(run_dev(port=port, flower_port=flower_port, build_models=not no_build, out=click.echo))
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default API_HOST).")
+@click.option("--port", default=None, type=int, help="Port (default API_PORT).")
+@click.option("--workers", default=2, show_default=True, help="gunicorn worker processes.")
+def api(host: str | None, port: int | None, workers: int) -> None:
+    """Serve the API under gunicorn."""
+    settings = _settings()
+    bind = f"{host or settings.api_host}:{port or settings.api_port}"
+    argv = [sys.executable, "-m", "gunicorn", "api.wsgi:app", "--bind", bind, "--workers", str(workers),
+            "--threads", "4", "--access-logfile", "-", "--graceful-timeout", "20"]
+    os.execv(sys.executable, argv)
+
+
+@main.command()
+@click.option("--pool", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--gpus", default=None, help="GPU ids for a gpu pool, e.g. 0,1: one worker process per GPU.")
+@click.option("--concurrency", "-c", type=int, default=None, help="Processes of a cpu pool (default: cores).")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(pool: str, gpus: str | None, concurrency: int | None, loglevel: str) -> None:
+    """Run a worker pool serving its queues in strict priority order."""
+    from workers.pool import run_pool
+
+    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
+    sys.exit(run_pool(_settings(), pool, gpus=gpu_list, concurrency=concurrency, loglevel=loglevel))
+
+
+@main.command()
+@click.option("--port", default=5555, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True)
+def flower(port: int, address: str) -> None:
+    """Run Flower on the broker (basic auth from INFERNO_FLOWER_BASIC_AUTH)."""
+    settings = _settings()
+    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "--broker", settings.redis_url, "flower",
+            f"--port={port}", f"--address={address}"]
+    if settings.flower_basic_auth:
+        argv.append(f"--basic-auth={settings.flower_basic_auth}")
+    env = dict(os.environ, **settings.env())
+    if not settings.flower_basic_auth:
+        env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+    os.execve(sys.executable, argv, env)
+
+
+# -- jobs --------------------------------------------------------------------------------------------------------
+
+def _client():
+    from inferno_jobs.client import Client
+
+    settings = _settings()
+    return Client(settings.api_url, settings.api_key or None)
+
+
+@main.command()
+@click.option("--type", "job_type", required=True, type=click.Choice(["completion", "chat", "embedding", "predict"]))
+@click.option("--model", required=True)
+@click.option("--input", "input_", required=True, help="The job's input as JSON, or @file.json.")
+@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default="normal", show_default=True)
+@click.option("--webhook-url", default=None)
+@click.option("--wait", is_flag=True, help="Wait for the job to finish and print it.")
+def submit(job_type, model, input_, priority, webhook_url, wait) -> None:
+    """Submit a job and print it."""
+    raw = Path(input_[1:]).read_text() if input_.startswith("@") else input_
+    extra = {"webhook_url": webhook_url} if webhook_url else {}
+    client = _client()
+    job = client.submit(job_type, model, json.loads(raw), priority=priority, **extra)
+    _print(client.wait(job["id"]) if wait else job)
+
+
+@main.command()
+@click.argument("job_id")
+def get(job_id: str) -> None:
+    """Print a job."""
+    _print(_client().get(job_id))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait.")
+def wait(job_id: str, timeout: float) -> None:
+    """Wait for a job to finish and print it."""
+    _print(_client().wait(job_id, timeout_s=timeout))
+
+
+@main.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Cancel a job and print it."""
+    _print(_client().cancel(job_id))
+
+
+# -- keys --------------------------------------------------------------------------------------------------------
+
+def _keyring():
+    from inferno_jobs.apikey import KeyRing
+
+    settings = _settings()
+    return KeyRing(redis.Redis.from_url(settings.redis_url), settings)
+
+
+@main.group()
+def keys() -> None:
+    """API keys: create, list, revoke."""
+
+
+@keys.command("create")
+@click.option("--name", required=True)
+@click.option("--tenant", default=None, help="Add the key to an existing tenant (default: a new tenant).")
+@click.option("--json", "as_json", is_flag=True, help="Print {key, tenant, webhook_secret} as JSON.")
+def keys_create(name: str, tenant: str | None, as_json: bool) -> None:
+    """Create a key. The key is shown once; only its hash is stored."""
+    key, record, secret = _keyring().create(name, tenant)
+    if as_json:
+        _print({"key": key, "tenant": record.tenant, "webhook_secret": secret, "id": record.id})
+    else:
+        click.echo(f"key:            {key}\nid:             {record.id}\ntenant:         {record.tenant}\n"
+                   f"webhook secret: {secret}\nStore the key now: it is not shown again.")
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys (never the keys themselves)."""
+    for record in _keyring().list():
+        state = "revoked" if record.revoked_at else "active"
+        click.echo(f"{record.id}  {record.prefix}...  {record.tenant}  {state}  {record.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by id."""
+    record = _keyring().revoke(key_id)
+    click.echo(f"revoked {record.id} ({record.name})")
+
+
+# -- models ------------------------------------------------------------------------------------------------------
+
+@main.group()
+def models() -> None:
+    """The model repository."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """List the models in MODEL_DIR."""
+    from inferno_jobs.model import ModelRepository
+
+    for model in ModelRepository(_settings().model_dir).all():
+        click.echo(f"{model.name:12} {model.type:11} {model.device:4} max_batch={model.max_batch_size}")
+
+
+@models.command("build-demo")
+@click.argument("names", nargs=-1)
+@click.option("--force", is_flag=True, help="Rebuild models that exist.")
+def models_build_demo(names: tuple[str, ...], force: bool) -> None:
+    """Build the demo models (iris, diabetes, minilm, tiny-gpt) into MODEL_DIR, offline."""
+    from inferno_jobs.demo import build_demo
+
+    for name, where in build_demo(_settings().model_dir, list(names) or None, force=force).items():
+        click.echo(f"{name}: {where}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""One typed settings object, built from the environment.
+
+Nothing else in inferno-jobs reads ``os.environ``: every module takes a :class:`Settings`.
+Durations carry their unit in the name (``ttl_s``, ``max_batch_wait_ms``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of an inferno-jobs deployment; see docs/configuration.md."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    model_dir: Path = Path("models")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    auth: str = "required"  # INFERNO_AUTH: required | disabled
+    key_prefix: str = "inferno"
+
+    # Job lifecycle.
+    default_ttl_s: int = 3600
+    default_timeout_s: int = 600
+    max_ttl_s: int = 7 * 24 * 3600
+    max_timeout_s: int = 24 * 3600
+    result_retention_s: int = 24 * 3600
+    max_attempts: int = 3
+    lease_s: int = 30
+    reconcile_interval_s: int = 5
+
+    # Workers.
+    worker_concurrency: int = 0  # 0: one process per core
+    worker_pool: str = "cpu"
+    visibility_timeout_s: int = 3600
+    max_batch_wait_ms: int = 5
+    onnx_threads: int = 0  # 0: cores divided by worker processes
+
+    # Webhooks.
+    webhook_secret: str = ""
+    webhook_allowed_networks: tuple[str, ...] = ()
+
+    # Clients (the CLI's submit/get/wait/cancel).
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: str = ""
+
+    # Flower.
+    flower_basic_auth: str = ""  # user:password[,user2:password2]
+
+    # Request limits.
+    max_request_bytes: int = 10 * 1024 * 1024
+
+    @property
+    def auth_enabled(self) -> bool:
+        """True unless ``INFERNO_AUTH=disabled``."""
+        return self.auth != "disabled"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Build settings from ``env`` (default: the process environment), then apply ``overrides``."""
+        env = os.environ if env is None else env
+        values: dict = {}
+        for f in dataclasses.fields(cls):
+            name = _ENV_NAMES.get(f.name, "INFERNO_" + f.name.upper())
+            if name not in env:
+                continue
+            raw = env[name]
+            default = f.default
+            if isinstance(default, bool):
+                values[f.name] = _bool(raw)
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, Path):
+                values[f.name] = Path(raw)
+            elif isinstance(default, tuple):
+                values[f.name] = _list(raw)
+            else:
+                values[f.name] = raw
+        values.update(overrides)
+        settings = cls(**values)
+        if settings.auth not in {"required", "disabled"}:
+            raise ValueError(f"INFERNO_AUTH must be 'required' or 'disabled', not {settings.auth!r}")
+        return settings
+
+    def env(self) -> dict[str, str]:
+        """These settings as environment variables, for starting child processes."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            out[_ENV_NAMES.get(f.name, "INFERNO_" + f.name.upper())] = str(value)
+        return out
+
+
+# Settings whose environment name is not INFERNO_<FIELD>.
+_ENV_NAMES = {
+    "redis_url": "REDIS_URL",
+    "model_dir": "MODEL_DIR",
+    "api_host": "API_HOST",
+    "api_port": "API_PORT",
+    "auth": "INFERNO_AUTH",
+}
+
+SETTING_NAMES = {f.name: _ENV_NAMES.get(f.name, "INFERNO_" + f.name.upper()) for f in dataclasses.fields(Settings)}

@@ -1,0 +1,93 @@
+"""``inferno-jobs dev``: Redis (embedded unless REDIS_URL is set), the API, one cpu worker and Flower in one
+command; Ctrl-C stops them all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from inferno_jobs.config import Settings
+from inferno_jobs.redis_server import RedisServer
+
+
+def _wait_http(url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=1).status_code < 500:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def run_dev(port: int = 8000, flower_port: int = 5555, build_models: bool = True, out=print) -> int:
+    """Run the whole system in the foreground until Ctrl-C (or until one part exits)."""
+    env_settings = Settings.from_env()
+    redis_server = None
+    if "REDIS_URL" not in os.environ:
+        redis_server = RedisServer(appendonly=True).start()
+        out(f"embedded Redis on {redis_server.url} (data in {redis_server.directory}, removed on exit)")
+    settings = Settings.from_env(redis_url=redis_server.url if redis_server else env_settings.redis_url,
+                                 api_port=port)
+    if not settings.auth_enabled:
+        out("!! INFERNO_AUTH=disabled: every request is accepted without an API key (local use only) !!")
+    if build_models:
+        from inferno_jobs.demo import build_demo
+
+        missing = [n for n in ("iris", "diabetes", "minilm", "tiny-gpt") if not (settings.model_dir / n).is_dir()]
+        if missing:
+            out(f"building demo models into {settings.model_dir}: {', '.join(missing)}")
+            for name, where in build_demo(settings.model_dir, missing).items():
+                out(f"  {name}: {where}")
+    env = dict(os.environ, **settings.env())
+    python = sys.executable
+    parts = {
+        "api": [python, "-m", "inferno_jobs.cli", "api", "--host", settings.api_host, "--port", str(port)],
+        "worker": [python, "-m", "inferno_jobs.cli", "worker", "--pool", "cpu"],
+        "flower": [python, "-m", "inferno_jobs.cli", "flower", "--port", str(flower_port)],
+    }
+    children = {name: subprocess.Popen(argv, env=env) for name, argv in parts.items()}
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    api_url = f"http://{settings.api_host}:{port}"
+    if _wait_http(api_url + "/health", 30):
+        out(f"API     {api_url}  (GET /health, /openapi.json, POST /jobs)")
+        out(f"Flower  http://127.0.0.1:{flower_port}")
+        out(f"Redis   {settings.redis_url}")
+        out(f"Models  {Path(settings.model_dir).resolve()}")
+        out("Ctrl-C stops everything.")
+    code = 0
+    try:
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    out(f"{name} exited with {child.returncode}; stopping")
+                    code = child.returncode or 1
+                    stopping = True
+            time.sleep(0.3)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children.values():
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if redis_server:
+            redis_server.close()
+    return code

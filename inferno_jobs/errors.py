@@ -1,0 +1,124 @@
+"""The inferno-jobs error tree.
+
+Every error a user can see is an :class:`InfernoError` with a contract ``code`` and an HTTP ``status``.
+``api/errors.py`` is the one place that turns them into responses; workers store ``code`` and ``message``
+on the failed job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class InfernoError(Exception):
+    """Raised for any failure that inferno-jobs reports to a user."""
+
+    code = "INTERNAL_ERROR"
+    status = 500
+
+    def __init__(self, message: str, details: Any = None, *, retry_after_s: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.retry_after_s = retry_after_s
+
+    def to_dict(self) -> dict:
+        """The ``{code, message}`` stored on a failed job (``details`` only when set)."""
+        out = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            out["details"] = self.details
+        return out
+
+
+class InvalidRequest(InfernoError):
+    """Raised when a request is malformed or a field fails validation."""
+
+    code, status = "INVALID_REQUEST", 400
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """Raised when a prompt does not fit in the model's context."""
+
+    code = "CONTEXT_LENGTH_EXCEEDED"
+
+
+class AuthenticationFailed(InfernoError):
+    """Raised when an API key is missing, unknown or revoked."""
+
+    code, status = "AUTHENTICATION_FAILED", 401
+
+
+class AuthorizationFailed(InfernoError):
+    """Raised when a valid key may not perform the action."""
+
+    code, status = "AUTHORIZATION_FAILED", 403
+
+
+class NotFound(InfernoError):
+    """Raised when a route does not exist."""
+
+    code, status = "NOT_FOUND", 404
+
+
+class JobNotFound(NotFound):
+    """Raised when a job does not exist, has expired from retention, or belongs to another tenant."""
+
+    code = "JOB_NOT_FOUND"
+
+
+class ModelNotFound(NotFound):
+    """Raised when a model is not in the model repository."""
+
+    code = "MODEL_NOT_FOUND"
+
+
+class Conflict(InfernoError):
+    """Raised when a request conflicts with the current state (a terminal job, a reused idempotency key)."""
+
+    code, status = "CONFLICT", 409
+
+
+class IllegalTransition(Conflict):
+    """Raised when a job is asked to move between two states the state machine does not connect."""
+
+
+class PayloadTooLarge(InfernoError):
+    """Raised when a request body or file is over its limit."""
+
+    code, status = "PAYLOAD_TOO_LARGE", 413
+
+
+class RateLimitExceeded(InfernoError):
+    """Raised when a key is over one of its rate limits."""
+
+    code, status = "RATE_LIMIT_EXCEEDED", 429
+
+
+class ModelNotLoaded(InfernoError):
+    """Raised when a model cannot serve right now (load failure, open circuit, no capacity)."""
+
+    code, status = "MODEL_NOT_LOADED", 503
+
+
+class InferenceFailed(InfernoError):
+    """Raised when running a model fails."""
+
+    code, status = "INFERENCE_FAILED", 500
+
+
+class Timeout(InfernoError):
+    """Raised when a run or a synchronous wait takes longer than allowed."""
+
+    code, status = "TIMEOUT", 504
+
+
+class InternalError(InfernoError):
+    """Raised for failures that are inferno-jobs' own fault."""
+
+
+ERRORS_BY_CODE = {
+    cls.code: cls
+    for cls in (InvalidRequest, ContextLengthExceeded, AuthenticationFailed, AuthorizationFailed, NotFound,
+                JobNotFound, ModelNotFound, Conflict, PayloadTooLarge, RateLimitExceeded, ModelNotLoaded,
+                InferenceFailed, Timeout, InternalError)
+}

@@ -1,0 +1,233 @@
+"""The job record and its state machine.
+
+``queued -> running -> succeeded | failed | canceled | timed_out`` and ``queued -> expired | canceled``.
+A running job whose worker died may be taken over (``running -> running``, a new attempt). Terminal states
+never change: :func:`transition` is the one function that changes a status, and an illegal move raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from inferno_jobs.errors import IllegalTransition
+
+
+class JobStatus(str, Enum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    TIMED_OUT = "timed_out"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        """True for the states a job never leaves."""
+        return self in TERMINAL
+
+
+class JobType(str, Enum):
+    """What a job asks a model to do; each type has its own input and result shape."""
+
+    COMPLETION = "completion"
+    CHAT = "chat"
+    EMBEDDING = "embedding"
+    PREDICT = "predict"
+
+
+class Priority(str, Enum):
+    """Queue priority: a worker takes every queued ``high`` job before any ``normal`` or ``low`` one."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.TIMED_OUT,
+                      JobStatus.EXPIRED})
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.EXPIRED, JobStatus.CANCELED}),
+    JobStatus.RUNNING: frozenset({JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED,
+                                  JobStatus.TIMED_OUT}),
+    **{status: frozenset() for status in TERMINAL},
+}
+
+# The webhook event each terminal status emits.
+EVENT_FOR_STATUS = {
+    JobStatus.SUCCEEDED: "job.succeeded",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELED: "job.canceled",
+    JobStatus.EXPIRED: "job.expired",
+    JobStatus.TIMED_OUT: "job.timed_out",
+}
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id(prefix: str) -> str:
+    """A time-sortable id (48-bit milliseconds + 80 random bits, Crockford base32), e.g. ``job_01j...``.
+
+    Ids sort by creation time, which is what cursor paging relies on.
+    """
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        value, rem = divmod(value, 32)
+        chars.append(_CROCKFORD[rem])
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+def now() -> float:
+    """Unix time in seconds; the one clock the job record uses."""
+    return time.time()
+
+
+def isoformat(ts: float | None) -> str | None:
+    """Unix seconds as ISO 8601 UTC with a ``Z`` (millisecond precision), or None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Attempt:
+    """One run of a job by one worker."""
+
+    worker: str
+    started_at: float
+    finished_at: float | None = None
+    outcome: str | None = None
+
+
+@dataclass
+class Job:
+    """A job record as stored in Redis. ``to_api()`` gives the contract's job object."""
+
+    id: str
+    type: JobType
+    model: str
+    tenant: str
+    input: dict
+    priority: Priority = Priority.NORMAL
+    pool: str = "cpu"
+    status: JobStatus = JobStatus.QUEUED
+    created_at: float = field(default_factory=now)
+    started_at: float | None = None
+    finished_at: float | None = None
+    ttl_s: int = 3600
+    timeout_s: int = 600
+    attempts: list[Attempt] = field(default_factory=list)
+    batch_id: str | None = None
+    metadata: dict = field(default_factory=dict)
+    webhook: dict | None = None
+    result: Any = None
+    error: dict | None = None
+    cancel_requested: bool = False
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    request_id: str | None = None
+
+    @classmethod
+    def create(cls, **fields) -> "Job":
+        """A new queued job with a fresh id."""
+        return cls(id=new_id("job"), **fields)
+
+    @property
+    def expires_at(self) -> float:
+        """When a job still queued becomes ``expired``."""
+        return self.created_at + self.ttl_s
+
+    @property
+    def deadline(self) -> float | None:
+        """When a running job becomes ``timed_out`` (None unless running)."""
+        if self.started_at is None or self.status is not JobStatus.RUNNING:
+            return None
+        return self.attempts[-1].started_at + self.timeout_s if self.attempts else self.started_at + self.timeout_s
+
+    def to_dict(self) -> dict:
+        """The full record, JSON-ready, for storage."""
+        data = dataclasses.asdict(self)
+        data["type"] = self.type.value
+        data["priority"] = self.priority.value
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Job":
+        """Rebuild a record written by :meth:`to_dict`."""
+        data = dict(data)
+        data["type"] = JobType(data["type"])
+        data["priority"] = Priority(data["priority"])
+        data["status"] = JobStatus(data["status"])
+        data["attempts"] = [Attempt(**a) for a in data.get("attempts", [])]
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_api(self, queue_position: int | None = None) -> dict:
+        """The contract's job object."""
+        return {
+            "id": self.id,
+            "object": "job",
+            "type": self.type.value,
+            "model": self.model,
+            "priority": self.priority.value,
+            "status": self.status.value,
+            "created_at": isoformat(self.created_at),
+            "started_at": isoformat(self.started_at),
+            "finished_at": isoformat(self.finished_at),
+            "queue_position": queue_position if self.status is JobStatus.QUEUED else None,
+            "attempts": len(self.attempts),
+            "attempt_history": [
+                {"worker": a.worker, "started_at": isoformat(a.started_at), "finished_at": isoformat(a.finished_at),
+                 "outcome": a.outcome}
+                for a in self.attempts
+            ],
+            "batch_id": self.batch_id,
+            "metadata": self.metadata,
+            "cancel_requested": self.cancel_requested,
+            "result": self.result,
+            "error": self.error,
+        }
+
+
+def transition(job: Job, to: JobStatus, *, at: float | None = None, worker: str | None = None,
+               result: Any = None, error: dict | None = None) -> Job:
+    """Move ``job`` to ``to`` in place and return it; the only function that changes a status.
+
+    Raises :class:`IllegalTransition` for a move the table does not allow (any move out of a terminal state).
+    Entering ``running`` starts a new attempt (a takeover closes the previous one as ``worker_lost``);
+    entering a terminal state closes the current attempt with that outcome.
+    """
+    if to not in TRANSITIONS[job.status]:
+        raise IllegalTransition(f"job {job.id} is {job.status.value} and cannot become {to.value}",
+                                details={"status": job.status.value})
+    at = now() if at is None else at
+    if to is JobStatus.RUNNING:
+        if job.attempts and job.attempts[-1].finished_at is None:
+            job.attempts[-1].finished_at = at
+            job.attempts[-1].outcome = "worker_lost"
+        job.attempts.append(Attempt(worker=worker or "unknown", started_at=at))
+        job.started_at = job.started_at or at
+    else:
+        job.finished_at = at
+        if job.attempts and job.attempts[-1].finished_at is None:
+            job.attempts[-1].finished_at = at
+            job.attempts[-1].outcome = to.value
+        job.lease_owner = None
+        job.lease_expires_at = None
+    job.status = to
+    if result is not None:
+        job.result = result
+    if error is not None:
+        job.error = error
+    return job

@@ -1,0 +1,117 @@
+"""The model repository: ``MODEL_DIR/<name>/`` holds ``model.onnx`` and ``config.json``.
+
+``config.json`` describes what the model serves, on which pool it runs and how to batch it::
+
+    {"type": "predict", "device": "cpu", "max_batch_size": 64, "max_batch_wait_ms": 5,
+     "task": "classification", "n_features": 4, "input_name": "float_input",
+     "labels": ["setosa", "versicolor", "virginica"]}
+
+``type`` is one job type (``predict``, ``embedding``, ``completion``); a ``completion`` model also serves
+``chat`` jobs. Reading the repository needs no ONNX Runtime, so the API can validate against it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inferno_jobs.errors import InvalidRequest, ModelNotFound
+from inferno_jobs.job import JobType
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# Which job types a model of each configured type serves.
+SERVES = {
+    "predict": {JobType.PREDICT},
+    "embedding": {JobType.EMBEDDING},
+    "completion": {JobType.COMPLETION, JobType.CHAT},
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model of the repository, as its ``config.json`` describes it."""
+
+    name: str
+    path: Path
+    type: str
+    device: str = "cpu"
+    max_batch_size: int = 32
+    max_batch_wait_ms: int = 5
+    options: dict = field(default_factory=dict)
+
+    @property
+    def onnx_path(self) -> Path:
+        """The ONNX file the workers load."""
+        return self.path / self.options.get("file", "model.onnx")
+
+    @property
+    def pool(self) -> str:
+        """The worker pool that runs this model: ``gpu`` for GPU models, ``cpu`` otherwise."""
+        return "gpu" if self.device in {"gpu", "cuda"} else "cpu"
+
+    @property
+    def job_types(self) -> set[JobType]:
+        """The job types this model serves."""
+        return SERVES.get(self.type, set())
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes on disk of the model directory."""
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+    def describe(self) -> dict:
+        """The model as ``GET /models`` lists it (``loaded`` is filled in by the caller)."""
+        return {
+            "id": self.name,
+            "type": self.type,
+            "device": self.device,
+            "size_bytes": self.size_bytes,
+            "max_batch_size": self.max_batch_size,
+            "capabilities": sorted(t.value for t in self.job_types),
+        }
+
+    def check_serves(self, job_type: JobType) -> None:
+        """Raise :class:`InvalidRequest` unless this model serves ``job_type``."""
+        if job_type not in self.job_types:
+            raise InvalidRequest(
+                f"model {self.name!r} is a {self.type} model and does not serve {job_type.value} jobs",
+                details={"field": "type", "serves": sorted(t.value for t in self.job_types)})
+
+    @classmethod
+    def load(cls, path: Path) -> "ModelConfig":
+        """Read ``path/config.json``."""
+        raw = json.loads((path / "config.json").read_text())
+        known = {"type", "device", "max_batch_size", "max_batch_wait_ms"}
+        return cls(name=path.name, path=path, type=raw["type"], device=raw.get("device", "cpu"),
+                   max_batch_size=int(raw.get("max_batch_size", 32)),
+                   max_batch_wait_ms=int(raw.get("max_batch_wait_ms", 5)),
+                   options={k: v for k, v in raw.items() if k not in known})
+
+
+class ModelRepository:
+    """The models under one directory, read from disk on each lookup so new models appear without a restart."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def get(self, name: str) -> ModelConfig:
+        """The model called ``name``; raises :class:`ModelNotFound`."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ModelNotFound(f"model {name!r} not found")
+        path = self.root / name
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"model {name!r} not found", details={"available": self.names()})
+        return ModelConfig.load(path)
+
+    def names(self) -> list[str]:
+        """The names of every model in the repository."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "config.json").is_file())
+
+    def all(self) -> list[ModelConfig]:
+        """Every model in the repository."""
+        return [self.get(name) for name in self.names()]

@@ -1,0 +1,235 @@
+"""marshmallow schemas for every request and response of the native API."""
+
+from __future__ import annotations
+
+from marshmallow import (EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema)
+
+from inferno_jobs.job import EVENT_FOR_STATUS, JobStatus, JobType, Priority
+
+MAX_EMBEDDING_CHARS = 8000
+MAX_EMBEDDING_ITEMS = 2048
+MAX_MAX_TOKENS = 2_000_000
+WEBHOOK_EVENTS = sorted(EVENT_FOR_STATUS.values())
+
+
+class StrictSchema(Schema):
+    """Unknown fields are an error, so a misspelt parameter is never silently ignored."""
+
+    class Meta:
+        unknown = RAISE
+
+
+class GenerationParams(StrictSchema):
+    """Sampling parameters shared by completion and chat."""
+
+    max_tokens = fields.Integer(validate=validate.Range(1, MAX_MAX_TOKENS), load_default=64)
+    temperature = fields.Float(validate=validate.Range(0, 2), load_default=1.0)
+    top_p = fields.Float(validate=validate.Range(0, 1), load_default=1.0)
+    top_k = fields.Integer(validate=validate.Range(0, 100_000), load_default=0)
+    repetition_penalty = fields.Float(validate=validate.Range(0.01, 10), load_default=1.0)
+    stop = fields.Raw(load_default=None)
+    seed = fields.Integer(load_default=None, allow_none=True)
+
+    @validates_schema
+    def _stop(self, data, **kwargs):
+        stop = data.get("stop")
+        if stop is None:
+            return
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 8:
+            raise ValidationError("stop must be a non-empty string or a list of at most 8 of them", "stop")
+        data["stop"] = stop
+
+
+class CompletionInput(GenerationParams):
+    """``input`` of a completion job."""
+
+    prompt = fields.String(required=True, validate=validate.Length(min=1))
+
+
+class Message(StrictSchema):
+    """One chat message."""
+
+    role = fields.String(required=True, validate=validate.OneOf(["system", "user", "assistant"]))
+    content = fields.String(required=True)
+
+
+class ChatInput(GenerationParams):
+    """``input`` of a chat job."""
+
+    messages = fields.List(fields.Nested(Message), required=True, validate=validate.Length(min=1))
+
+
+class EmbeddingInput(StrictSchema):
+    """``input`` of an embedding job: one string or a list of strings."""
+
+    input = fields.Raw(required=True)
+
+    @validates_schema
+    def _input(self, data, **kwargs):
+        value = data.get("input")
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise ValidationError("input must be a non-empty string or a non-empty list of strings", "input")
+        if len(items) > MAX_EMBEDDING_ITEMS:
+            raise ValidationError(f"at most {MAX_EMBEDDING_ITEMS} strings per job", "input")
+        for i, item in enumerate(items):
+            if not isinstance(item, str) or not item.strip():
+                raise ValidationError(f"item {i} must be a non-empty string", "input")
+            if len(item) > MAX_EMBEDDING_CHARS:
+                raise ValidationError(f"item {i} is longer than {MAX_EMBEDDING_CHARS} characters", "input")
+
+
+class PredictInput(StrictSchema):
+    """``input`` of a predict job: a 2-D list of numbers, one row per sample."""
+
+    features = fields.List(fields.List(fields.Float(allow_nan=False)), required=True,
+                           validate=validate.Length(min=1, max=10_000))
+
+    @validates_schema
+    def _rows(self, data, **kwargs):
+        rows = data.get("features") or []
+        if any(not row for row in rows) or len({len(row) for row in rows}) > 1:
+            raise ValidationError("features must be non-empty rows of equal length", "features")
+
+
+INPUT_SCHEMAS = {
+    JobType.COMPLETION: CompletionInput,
+    JobType.CHAT: ChatInput,
+    JobType.EMBEDDING: EmbeddingInput,
+    JobType.PREDICT: PredictInput,
+}
+
+
+class WebhookSpec(StrictSchema):
+    """Where and on which events to call back."""
+
+    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    events = fields.List(fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)), load_default=None,
+                         validate=validate.Length(min=1))
+
+
+class JobRequest(StrictSchema):
+    """The body of ``POST /jobs``."""
+
+    type = fields.Enum(JobType, by_value=True, required=True)
+    model = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    priority = fields.Enum(Priority, by_value=True, load_default=Priority.NORMAL)
+    input = fields.Dict(required=True)
+    webhook = fields.Nested(WebhookSpec, load_default=None)
+    webhook_url = fields.Url(schemes={"http", "https"}, require_tld=False, load_default=None)
+    metadata = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict)
+    ttl_s = fields.Integer(validate=validate.Range(min=1), load_default=None)
+    timeout_s = fields.Integer(validate=validate.Range(min=1), load_default=None)
+
+    @validates_schema(skip_on_field_errors=True)
+    def _input_for_type(self, data, **kwargs):
+        schema = INPUT_SCHEMAS[data["type"]]()
+        try:
+            data["input"] = schema.load(data["input"])
+        except ValidationError as exc:
+            raise ValidationError({"input": exc.messages}) from exc
+        if data.get("webhook_url") and data.get("webhook"):
+            raise ValidationError("give webhook or webhook_url, not both", "webhook_url")
+        if data.get("webhook_url"):
+            data["webhook"] = {"url": data["webhook_url"], "events": None}
+        if len(repr(data.get("metadata"))) > 16_384:
+            raise ValidationError("metadata is larger than 16 KiB", "metadata")
+
+
+class ErrorBody(Schema):
+    """``error`` of an error response."""
+
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Raw(allow_none=True)
+
+
+class ErrorResponse(Schema):
+    """Every error of the native API."""
+
+    error = fields.Nested(ErrorBody, required=True)
+    request_id = fields.String(required=True)
+    timestamp = fields.String(required=True)
+
+
+class AttemptSchema(Schema):
+    """One run of a job."""
+
+    worker = fields.String()
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    outcome = fields.String(allow_none=True)
+
+
+class JobResponse(Schema):
+    """The job object."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    id = fields.String(required=True)
+    object = fields.Constant("job")
+    type = fields.String(validate=validate.OneOf([t.value for t in JobType]))
+    model = fields.String()
+    priority = fields.String(validate=validate.OneOf([p.value for p in Priority]))
+    status = fields.String(validate=validate.OneOf([s.value for s in JobStatus]))
+    created_at = fields.String()
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    queue_position = fields.Integer(allow_none=True)
+    attempts = fields.Integer()
+    attempt_history = fields.List(fields.Nested(AttemptSchema))
+    batch_id = fields.String(allow_none=True)
+    metadata = fields.Dict()
+    cancel_requested = fields.Boolean()
+    result = fields.Raw(allow_none=True)
+    error = fields.Nested(ErrorBody, allow_none=True)
+
+
+class JobListQuery(StrictSchema):
+    """Query parameters of ``GET /jobs``."""
+
+    status = fields.String(validate=validate.OneOf([s.value for s in JobStatus]), load_default=None)
+    type = fields.String(validate=validate.OneOf([t.value for t in JobType]), load_default=None)
+    batch_id = fields.String(load_default=None)
+    limit = fields.Integer(validate=validate.Range(1, 100), load_default=20)
+    cursor = fields.String(load_default=None)
+
+
+class JobList(Schema):
+    """A page of jobs."""
+
+    object = fields.Constant("list")
+    data = fields.List(fields.Nested(JobResponse))
+    next_cursor = fields.String(allow_none=True)
+
+
+class HealthResponse(Schema):
+    """``GET /health``."""
+
+    status = fields.String()
+    version = fields.String()
+    uptime_seconds = fields.Float()
+    redis = fields.String()
+    workers = fields.Integer()
+    queues = fields.Dict(keys=fields.String(), values=fields.Integer())
+
+
+class ModelResponse(Schema):
+    """One model of ``GET /models``."""
+
+    id = fields.String()
+    type = fields.String()
+    device = fields.String()
+    loaded = fields.Boolean()
+    size_bytes = fields.Integer()
+    max_batch_size = fields.Integer()
+    capabilities = fields.List(fields.String())
+
+
+class ModelList(Schema):
+    """``GET /models``."""
+
+    models = fields.List(fields.Nested(ModelResponse))

@@ -1,0 +1,323 @@
+"""The Redis job store: the source of truth for every job.
+
+Each change is read-check-write under WATCH/MULTI, so a status, its result, its expiry and the indexes that
+follow from it change together or not at all. Celery's result backend is not used for results.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Iterable
+
+import redis
+
+from inferno_jobs.config import Settings
+from inferno_jobs.errors import Conflict, IllegalTransition, JobNotFound
+from inferno_jobs.job import EVENT_FOR_STATUS, Job, JobStatus, new_id, now, transition
+from inferno_jobs.keyspace import Keyspace
+from inferno_jobs.queue import PRIORITY_ORDER, queue_name
+
+
+class JobStore:
+    """Creates, reads and changes job records in Redis."""
+
+    def __init__(self, client: redis.Redis, settings: Settings):
+        self.redis = client
+        self.settings = settings
+        self.keys = Keyspace(settings.key_prefix)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    def _load(self, raw: bytes | str | None, job_id: str) -> Job:
+        if raw is None:
+            raise JobNotFound(f"job {job_id} not found")
+        return Job.from_dict(json.loads(raw))
+
+    def get(self, job_id: str, tenant: str | None = None) -> Job:
+        """The job ``job_id``; another tenant's job raises :class:`JobNotFound` as if it did not exist.
+
+        A queued job past its ``ttl_s`` is expired on read, so its status is right even with no worker running.
+        """
+        job = self._load(self.redis.get(self.keys.job(job_id)), job_id)
+        if tenant is not None and job.tenant != tenant:
+            raise JobNotFound(f"job {job_id} not found")
+        if job.status is JobStatus.QUEUED and now() >= job.expires_at:
+            job = self.expire(job_id) or job
+        return job
+
+    def queue_position(self, job: Job) -> int | None:
+        """How many queued jobs of the same pool run before this one (0: it is next), or None unless queued."""
+        if job.status is not JobStatus.QUEUED:
+            return None
+        own = queue_name(job.pool, job.priority)
+        rank = self.redis.zrank(self.keys.queued(own), job.id)
+        if rank is None:
+            return None
+        ahead = 0
+        for priority in PRIORITY_ORDER:
+            if priority is job.priority:
+                break
+            ahead += self.redis.zcard(self.keys.queued(queue_name(job.pool, priority)))
+        return ahead + rank
+
+    def list(self, tenant: str, *, status: str | None = None, type: str | None = None,
+             batch_id: str | None = None, limit: int = 20, cursor: str | None = None) -> tuple[list[Job], str | None]:
+        """A tenant's jobs, newest first, filtered; returns a page and the cursor of the next one (or None).
+
+        The cursor is the id of the last job returned; ids sort by creation time.
+        """
+        index = self.keys.tenant_jobs(tenant)
+        upper = f"({cursor}" if cursor else "+"
+        page: list[Job] = []
+        chunk = max(limit * 2, 50)
+        while len(page) < limit:
+            ids = self.redis.zrevrangebylex(index, upper, "-", start=0, num=chunk)
+            if not ids:
+                return page, None
+            ids = [i.decode() if isinstance(i, bytes) else i for i in ids]
+            gone = []
+            for job_id, raw in zip(ids, self.redis.mget([self.keys.job(i) for i in ids])):
+                upper = f"({job_id}"
+                if raw is None:
+                    gone.append(job_id)
+                    continue
+                job = Job.from_dict(json.loads(raw))
+                if ((status and job.status.value != status) or (type and job.type.value != type)
+                        or (batch_id and job.batch_id != batch_id)):
+                    continue
+                page.append(job)
+                if len(page) == limit:
+                    break
+            if gone:  # records past retention leave their index entries behind
+                self.redis.zrem(index, *gone)
+        more = self.redis.zrevrangebylex(index, upper, "-", start=0, num=1)
+        return page, (page[-1].id if more else None)
+
+    # -- writing ---------------------------------------------------------------------------------------------
+
+    def _expiry_s(self, job: Job) -> int:
+        if job.status.terminal:
+            return self.settings.result_retention_s
+        # A live job must outlive every attempt it may still make, then its retention.
+        return job.ttl_s + job.timeout_s * self.settings.max_attempts + self.settings.result_retention_s
+
+    def _write(self, pipe, job: Job, before: JobStatus | None) -> None:
+        """Queue the writes that store ``job`` and keep every index in step with its status."""
+        keys = self.keys
+        pipe.set(keys.job(job.id), json.dumps(job.to_dict()), ex=self._expiry_s(job))
+        queue = queue_name(job.pool, job.priority)
+        if before is JobStatus.QUEUED and job.status is not JobStatus.QUEUED:
+            pipe.zrem(keys.queued(queue), job.id)
+            pipe.zrem(keys.queued_deadlines(), job.id)
+            pipe.zrem(keys.waiting(job.model), job.id)
+        if job.status is JobStatus.RUNNING:
+            pipe.zadd(keys.running_leases(), {job.id: job.lease_expires_at or now()})
+        elif before is JobStatus.RUNNING:
+            pipe.zrem(keys.running_leases(), job.id)
+        if job.status.terminal and before is not None and not before.terminal:
+            event = EVENT_FOR_STATUS[job.status]
+            if job.webhook and event in job.webhook.get("events", [event]):
+                pipe.lpush(keys.outbox(), json.dumps({"id": new_id("msg"), "type": event, "job_id": job.id,
+                                                      "timestamp": now()}))
+
+    def create(self, job: Job, idempotency: tuple[str, str] | None = None) -> tuple[Job, bool]:
+        """Store a new queued job; returns ``(job, created)``.
+
+        With ``idempotency=(key, body_hash)``: a key seen before with the same body returns the first job and
+        ``created=False``; with another body it raises :class:`Conflict`.
+        """
+        idem_key = self.keys.idempotency(job.tenant, idempotency[0]) if idempotency else None
+        queue = queue_name(job.pool, job.priority)
+        while True:
+            with self.redis.pipeline() as pipe:
+                try:
+                    if idem_key:
+                        pipe.watch(idem_key)
+                        seen = pipe.get(idem_key)
+                        if seen is not None:
+                            first = json.loads(seen)
+                            if first["body_hash"] != idempotency[1]:
+                                raise Conflict("Idempotency-Key was already used with a different request body",
+                                               details={"job_id": first["job_id"]})
+                            return self.get(first["job_id"], job.tenant), False
+                    seq = self.redis.incr(self.keys.sequence())
+                    pipe.multi()
+                    self._write(pipe, job, None)
+                    pipe.zadd(self.keys.tenant_jobs(job.tenant), {job.id: 0})
+                    pipe.zadd(self.keys.queued(queue), {job.id: seq})
+                    pipe.zadd(self.keys.queued_deadlines(), {job.id: job.expires_at})
+                    pipe.zadd(self.keys.waiting(job.model), {job.id: PRIORITY_ORDER.index(job.priority) * 1e13 + seq})
+                    if idem_key:
+                        pipe.set(idem_key, json.dumps({"body_hash": idempotency[1], "job_id": job.id}),
+                                 ex=self.settings.result_retention_s)
+                    pipe.execute()
+                    return job, True
+                except redis.WatchError:
+                    continue
+
+    def mutate(self, job_id: str, change: Callable[[Job], bool | None]) -> Job:
+        """Apply ``change`` to the current record and write it atomically; retried if the job changed meanwhile.
+
+        ``change`` edits the job in place (through :func:`transition` for status moves); returning False
+        means "nothing to write". Exceptions it raises propagate and nothing is written.
+        """
+        key = self.keys.job(job_id)
+        while True:
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    job = self._load(pipe.get(key), job_id)
+                    before = job.status
+                    if change(job) is False:
+                        pipe.unwatch()
+                        return job
+                    pipe.multi()
+                    self._write(pipe, job, before)
+                    pipe.execute()
+                    return job
+                except redis.WatchError:
+                    continue
+
+    def transition(self, job_id: str, to: JobStatus, **kwargs) -> Job:
+        """Move a job to ``to`` (see :func:`inferno_jobs.job.transition`); raises on an illegal move."""
+        return self.mutate(job_id, lambda job: bool(transition(job, to, **kwargs)))
+
+    def finish(self, job_id: str, to: JobStatus, *, result=None, error: dict | None = None) -> Job:
+        """End a running job; a job that already ended (canceled, reaped, run twice) keeps its first ending.
+
+        A job whose cancellation was requested while it ran ends ``canceled`` rather than ``succeeded``.
+        """
+        def change(job: Job):
+            if job.status.terminal:
+                return False
+            if job.cancel_requested and to is JobStatus.SUCCEEDED:
+                transition(job, JobStatus.CANCELED,
+                           error={"code": "CANCELED", "message": "canceled by request while running"})
+                return
+            transition(job, to, result=result, error=error)
+        return self.mutate(job_id, change)
+
+    def cancel(self, job_id: str, tenant: str | None = None) -> Job:
+        """Cancel a job: a queued job becomes ``canceled`` at once and never runs; a running one is flagged.
+
+        Raises :class:`Conflict` if the job already ended.
+        """
+        self.get(job_id, tenant)
+
+        def change(job: Job):
+            if job.status.terminal:
+                raise Conflict(f"job {job_id} is already {job.status.value}", details={"status": job.status.value})
+            if job.status is JobStatus.QUEUED:
+                transition(job, JobStatus.CANCELED, error={"code": "CANCELED", "message": "canceled by request"})
+            else:
+                job.cancel_requested = True
+        return self.mutate(job_id, change)
+
+    def expire(self, job_id: str) -> Job | None:
+        """Expire a queued job past its ``ttl_s``; returns it, or None if it was not due."""
+        def change(job: Job):
+            if job.status is not JobStatus.QUEUED or now() < job.expires_at:
+                return False
+            transition(job, JobStatus.EXPIRED,
+                       error={"code": "TIMEOUT", "message": f"not started within ttl_s={job.ttl_s}"})
+        try:
+            job = self.mutate(job_id, change)
+        except JobNotFound:
+            return None
+        return job if job.status is JobStatus.EXPIRED else None
+
+    # -- leases ----------------------------------------------------------------------------------------------
+
+    def claim(self, job_id: str, worker: str, owner_alive: Callable[[str], bool] = lambda owner: True) -> Job | None:
+        """Start (or take over) a job for ``worker`` and give it a lease of ``lease_s``.
+
+        Returns the running job, or None when this delivery must not run it: the job ended, was canceled,
+        expired while queued, or is running under a live lease of another worker (a duplicate delivery).
+        A job that already used ``max_attempts`` attempts fails instead of running again.
+        """
+        def change(job: Job):
+            t = now()
+            if job.status is JobStatus.QUEUED:
+                if t >= job.expires_at:
+                    transition(job, JobStatus.EXPIRED,
+                               error={"code": "TIMEOUT", "message": f"not started within ttl_s={job.ttl_s}"})
+                    return
+            elif job.status is JobStatus.RUNNING:
+                lease_live = job.lease_expires_at is not None and t < job.lease_expires_at
+                # An orphaned job (owner None: the reconciler released it) may be taken over at once.
+                if job.lease_owner == worker or (job.lease_owner and lease_live and owner_alive(job.lease_owner)):
+                    return False
+                if len(job.attempts) >= self.settings.max_attempts:
+                    transition(job, JobStatus.FAILED, error={
+                        "code": "INFERENCE_FAILED",
+                        "message": f"the worker running this job was lost {len(job.attempts)} times"})
+                    return
+            else:
+                return False
+            transition(job, JobStatus.RUNNING, at=t, worker=worker)
+            job.lease_owner = worker
+            job.lease_expires_at = t + self.settings.lease_s
+        try:
+            job = self.mutate(job_id, change)
+        except JobNotFound:
+            return None
+        if job.status is JobStatus.RUNNING and job.lease_owner == worker and job.attempts[-1].worker == worker \
+                and job.attempts[-1].finished_at is None:
+            return job
+        return None
+
+    def release(self, job_id: str) -> Job | None:
+        """Orphan a running job whose lease ran out, so that its next delivery takes it over.
+
+        The lease is pushed ``lease_s`` ahead so the reconciler does not send it again on every tick.
+        Returns the job if it was released.
+        """
+        def change(job: Job):
+            if job.status is not JobStatus.RUNNING or (job.lease_expires_at or 0) > now():
+                return False
+            job.lease_owner = None
+            job.lease_expires_at = now() + self.settings.lease_s
+        try:
+            job = self.mutate(job_id, change)
+        except JobNotFound:
+            return None
+        return job if job.status is JobStatus.RUNNING and job.lease_owner is None else None
+
+    def renew(self, job_ids: Iterable[str], worker: str) -> None:
+        """Extend the leases ``worker`` holds on running jobs (its heartbeat)."""
+        for job_id in job_ids:
+            def change(job: Job):
+                if job.status is not JobStatus.RUNNING or job.lease_owner != worker:
+                    return False
+                job.lease_expires_at = now() + self.settings.lease_s
+            try:
+                self.mutate(job_id, change)
+            except JobNotFound:
+                pass
+
+    def due_for_expiry(self, at: float | None = None) -> list[str]:
+        """Ids of queued jobs whose ``ttl_s`` has run out."""
+        ids = self.redis.zrangebyscore(self.keys.queued_deadlines(), "-inf", at or now())
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    def stale_leases(self, at: float | None = None) -> list[str]:
+        """Ids of running jobs whose lease ran out: their worker is gone or stuck."""
+        ids = self.redis.zrangebyscore(self.keys.running_leases(), "-inf", at or now())
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    def waiting(self, model: str, limit: int) -> list[str]:
+        """Up to ``limit`` queued job ids of ``model``, highest priority then oldest first."""
+        ids = self.redis.zrange(self.keys.waiting(model), 0, limit - 1)
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    def running(self) -> list[str]:
+        """Ids of every running job."""
+        ids = self.redis.zrange(self.keys.running_leases(), 0, -1)
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    def queue_depth(self, queue: str) -> int:
+        """How many jobs wait in ``queue``."""
+        return self.redis.zcard(self.keys.queued(queue))
+
+
+__all__ = ["JobStore", "IllegalTransition"]

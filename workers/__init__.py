@@ -1,0 +1,1 @@
+"""Celery worker pools that run ONNX Runtime models for inference-jobs."""

@@ -1,0 +1,108 @@
+"""Micro-batching: a worker that starts one job also claims other queued jobs of the same model and runs
+them as one engine call, each keeping its own status, result and error.
+
+The claimed jobs' own Celery messages arrive later and find their job already running or finished: the
+claim fails and the message is a cheap no-op. Plain classes: testable without Celery.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Callable
+
+from inferno_jobs.errors import InfernoError, InferenceFailed, ModelNotFound, Timeout
+from inferno_jobs.job import Job, JobStatus, now
+from inferno_jobs.model import ModelConfig
+from inferno_jobs.store import JobStore
+from workers.heartbeat import Heartbeat
+
+
+def worker_identity() -> str:
+    """``host:pid`` of this process: the lease owner of the jobs it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether a lease owner may still be running: a dead pid on this host is not; other hosts may be."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class BatchRunner:
+    """Runs a job and the queued jobs of its model that can join it.
+
+    ``engine_run(model, inputs)`` returns one result dict or :class:`InfernoError` per input.
+    """
+
+    def __init__(self, store: JobStore, engine_run: Callable[[str, list[dict]], list], *,
+                 model_config: Callable[[str], ModelConfig], batching: bool = True,
+                 timeout_errors: tuple[type[BaseException], ...] = ()):
+        self.store = store
+        self.timeout_errors = timeout_errors
+        self.engine_run = engine_run
+        self.model_config = model_config
+        self.batching = batching
+        self.worker = worker_identity()
+
+    def claim(self, job_id: str) -> Job | None:
+        """Claim ``job_id`` for this process (None if this delivery must not run it)."""
+        return self.store.claim(job_id, self.worker, owner_alive)
+
+    def gather(self, first: Job, model: ModelConfig) -> list[Job]:
+        """``first`` plus up to ``max_batch_size - 1`` queued jobs of the same model, waiting at most
+        ``max_batch_wait_ms`` for more to arrive."""
+        jobs = [first]
+        if not self.batching or model.max_batch_size <= 1:
+            return jobs
+        deadline = time.monotonic() + model.max_batch_wait_ms / 1000
+        while len(jobs) < model.max_batch_size:
+            for job_id in self.store.waiting(model.name, model.max_batch_size - len(jobs)):
+                job = self.claim(job_id)
+                if job is not None:
+                    jobs.append(job)
+            if len(jobs) >= model.max_batch_size or time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.002, max(0.0, deadline - time.monotonic())))
+        return jobs
+
+    def run(self, job_id: str) -> list[Job]:
+        """Claim, batch, run and store: returns the jobs this call finished (empty for a no-op delivery)."""
+        first = self.claim(job_id)
+        if first is None:
+            return []
+        try:
+            model = self.model_config(first.model)
+        except ModelNotFound as exc:
+            return [self.store.finish(first.id, JobStatus.FAILED, error=exc.to_dict())]
+        jobs = self.gather(first, model)
+        with Heartbeat(self.store, self.worker, [j.id for j in jobs]):
+            try:
+                outcomes = self.engine_run(model.name, [j.input for j in jobs])
+            except self.timeout_errors:
+                outcomes = [Timeout("run took longer than its timeout_s")] * len(jobs)
+            except InfernoError as exc:
+                outcomes = [exc] * len(jobs)
+            except Exception as exc:  # the engine failing as a whole fails this batch, never hangs it
+                outcomes = [InferenceFailed(f"inference failed: {exc}")] * len(jobs)
+        return [self.finish(job, outcome) for job, outcome in zip(jobs, outcomes)]
+
+    def finish(self, job: Job, outcome) -> Job:
+        """Store one job's outcome: its result, its error, or ``timed_out`` past its deadline."""
+        if isinstance(outcome, Timeout):
+            return self.store.finish(job.id, JobStatus.TIMED_OUT, error=outcome.to_dict())
+        if isinstance(outcome, InfernoError):
+            return self.store.finish(job.id, JobStatus.FAILED, error=outcome.to_dict())
+        if job.deadline is not None and now() > job.deadline:
+            return self.store.finish(job.id, JobStatus.TIMED_OUT, error={
+                "code": "TIMEOUT", "message": f"run took longer than timeout_s={job.timeout_s}"})
+        return self.store.finish(job.id, JobStatus.SUCCEEDED, result=outcome)

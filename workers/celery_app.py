@@ -1,0 +1,67 @@
+"""The Celery application: strict-priority queues per pool, at-least-once delivery, task events on.
+
+The API process imports this module only to send tasks by name; no model is loaded here.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from inferno_jobs.config import Settings
+from inferno_jobs.job import Job
+from inferno_jobs.queue import WEBHOOK_QUEUE, all_queues, queue_name
+
+RUN_JOB = "inferno.run_job"
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    """A Celery app configured from ``settings`` (default: the environment)."""
+    settings = settings or Settings.from_env()
+    app = Celery("inferno", broker=settings.redis_url, include=["workers.tasks"])
+    transport = {
+        # Ask for a pool's queues in the order given with -Q (high, normal, low), not round robin.
+        "queue_order_strategy": "priority",
+        "visibility_timeout": settings.visibility_timeout_s,
+        # kombu 5.7: restore messages of a dead worker promptly instead of every tenth sweep.
+        "unacked_restore_interval": 10,
+    }
+    app.conf.update(
+        # Each queue its own direct exchange and routing key: a shared default key would copy every
+        # message into all three priority lists.
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name)
+                     for name in all_queues() + [WEBHOOK_QUEUE]],
+        task_default_queue="inferno.cpu.normal",
+        task_ignore_result=True,  # the job store holds results
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # prefetched low jobs would run before a later high one
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_proc_alive_timeout=60,  # model loads in worker_process_init can take a while
+        broker_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        visibility_timeout=settings.visibility_timeout_s,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+    )
+    app.inferno_settings = settings
+    return app
+
+
+def enqueue(celery: Celery, job: Job) -> None:
+    """Send ``job`` to its pool's queue at its priority, by task name (the sender loads no model).
+
+    The soft time limit ends a run at ``timeout_s`` (the job becomes ``timed_out``); the hard limit, a little
+    later, kills a run stuck in native code, and the reconciler then marks the job.
+    """
+    celery.send_task(RUN_JOB, args=[job.id], queue=queue_name(job.pool, job.priority),
+                     soft_time_limit=job.timeout_s, time_limit=job.timeout_s + HARD_LIMIT_GRACE_S,
+                     headers={"request_id": job.request_id, "job_id": job.id, "model": job.model})
+
+
+HARD_LIMIT_GRACE_S = 15
+
+app = make_celery()

@@ -1,0 +1,101 @@
+"""The ONNX Runtime engine of one worker process: builds runners lazily, caches them, evicts by memory budget.
+
+An engine is created after fork (in ``worker_process_init`` or on first use), never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import onnxruntime as ort
+
+from inferno_jobs.config import Settings
+from inferno_jobs.errors import InfernoError, ModelNotLoaded
+from inferno_jobs.model import ModelConfig, ModelRepository
+from workers.runner import Runner
+
+
+def runner_classes() -> dict[str, type[Runner]]:
+    """The runner for each model type."""
+    from workers.tabular import TabularRunner
+
+    classes: dict[str, type[Runner]] = {"predict": TabularRunner}
+    try:
+        from workers.embedding import EmbeddingRunner
+        from workers.generation import GenerationRunner
+    except ImportError:  # pragma: no cover - the text runners arrive with their own modules
+        pass
+    else:
+        classes["embedding"] = EmbeddingRunner
+        classes["completion"] = GenerationRunner
+    return classes
+
+
+def providers_for(pool: str) -> list[str]:
+    """CUDA first on the gpu pool when this onnxruntime build has it; CPU always last."""
+    available = ort.get_available_providers()
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if pool == "gpu" else ["CPUExecutionProvider"]
+    return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+
+
+class Engine:
+    """Loaded models of one worker process, least recently used evicted past ``memory_budget_bytes``."""
+
+    def __init__(self, settings: Settings, pool: str = "cpu", processes: int = 1,
+                 memory_budget_bytes: int = 4 * 1024 ** 3):
+        self.settings = settings
+        self.repository = ModelRepository(settings.model_dir)
+        self.pool = pool
+        self.providers = providers_for(pool)
+        self.memory_budget_bytes = memory_budget_bytes
+        self.threads = settings.onnx_threads or max(1, (os.cpu_count() or 1) // max(1, processes))
+        self._runners: OrderedDict[str, tuple[Runner, int]] = OrderedDict()
+
+    def session_options(self) -> ort.SessionOptions:
+        """Threads sized so that worker processes x threads does not exceed the cores."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        return options
+
+    def runner(self, name: str) -> Runner:
+        """The runner of model ``name``, loading it (and evicting others) if needed."""
+        if name in self._runners:
+            self._runners.move_to_end(name)
+            return self._runners[name][0]
+        model = self.repository.get(name)
+        return self.load(model)
+
+    def load(self, model: ModelConfig) -> Runner:
+        """Load ``model`` now; raises :class:`ModelNotLoaded` with the reason when it cannot."""
+        classes = runner_classes()
+        if model.type not in classes:
+            raise ModelNotLoaded(f"model {model.name!r} has unknown type {model.type!r}")
+        if not model.onnx_path.is_file():
+            raise ModelNotLoaded(f"model {model.name!r} has no file {model.onnx_path.name}")
+        runner = classes[model.type](model, self.providers, self.session_options())
+        size = model.size_bytes
+        self._runners[model.name] = (runner, size)
+        while len(self._runners) > 1 and sum(s for _, s in self._runners.values()) > self.memory_budget_bytes:
+            self._runners.popitem(last=False)
+        return runner
+
+    def unload(self, name: str) -> bool:
+        """Drop model ``name``; True if it was loaded."""
+        return self._runners.pop(name, None) is not None
+
+    def loaded(self) -> list[str]:
+        """Names of the models loaded in this process."""
+        return list(self._runners)
+
+    def run(self, name: str, inputs: list[dict]) -> list[dict | InfernoError]:
+        """Run one micro-batch of job inputs on model ``name``: one result or error per input.
+
+        If the batch call itself fails, the inputs are run one by one so only the bad one fails.
+        """
+        runner = self.runner(name)
+        try:
+            return runner.run_batch(inputs)
+        except Exception:
+            return runner.run_each(inputs)

@@ -1,0 +1,94 @@
+"""Repairs what crashes leave behind, once every ``reconcile_interval_s``, in one worker at a time.
+
+- queued jobs past ``ttl_s`` become ``expired`` (even if no message of theirs is ever consumed);
+- running jobs past ``timeout_s`` (plus the hard-limit grace) become ``timed_out``;
+- running jobs whose lease ran out (their worker died) are released and sent again;
+- this worker's heartbeat is written for ``/health`` and ``GET /workers``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Callable
+
+from inferno_jobs.job import Job, JobStatus, now
+from inferno_jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    """One pass with :meth:`tick`; :meth:`start` runs it on a daemon thread."""
+
+    def __init__(self, store: JobStore, send: Callable[[Job], None], *, hostname: str, pool: str,
+                 queues: list[str], grace_s: float = 15):
+        self.store = store
+        self.send = send
+        self.hostname = hostname
+        self.pool = pool
+        self.queues = queues
+        self.grace_s = grace_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        """Record that this worker is alive."""
+        self.store.redis.hset(self.store.keys.workers(), self.hostname, json.dumps(
+            {"hostname": self.hostname, "pool": self.pool, "queues": self.queues, "last_seen": now()}))
+
+    def tick(self) -> dict[str, int]:
+        """One reconciliation pass; returns how many jobs it expired, timed out and re-sent."""
+        counts = {"expired": 0, "timed_out": 0, "resent": 0}
+        interval = self.store.settings.reconcile_interval_s
+        if not self.store.redis.set(self.store.keys.reconcile_lock(), self.hostname, nx=True,
+                                    ex=max(1, int(interval))):
+            return counts
+        for job_id in self.store.due_for_expiry():
+            if self.store.expire(job_id):
+                counts["expired"] += 1
+        t = now()
+        for job_id in self.store.running():
+            try:
+                job = self.store.get(job_id)
+            except Exception:
+                continue
+            if job.status is not JobStatus.RUNNING:
+                continue
+            if job.deadline is not None and t > job.deadline + self.grace_s:
+                self.store.finish(job.id, JobStatus.TIMED_OUT, error={
+                    "code": "TIMEOUT", "message": f"run took longer than timeout_s={job.timeout_s}"})
+                counts["timed_out"] += 1
+            elif job.lease_expires_at is not None and t > job.lease_expires_at:
+                released = self.store.release(job.id)
+                if released is not None:
+                    self.send(released)
+                    counts["resent"] += 1
+        if any(counts.values()):
+            log.info("reconciled", extra=counts)
+        return counts
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.beat()
+                self.tick()
+            except Exception:  # Redis may be restarting; try again next tick
+                log.exception("reconciler pass failed")
+            self._stop.wait(self.store.settings.reconcile_interval_s)
+
+    def start(self) -> None:
+        """Run :meth:`tick` every ``reconcile_interval_s`` on a daemon thread."""
+        self._thread = threading.Thread(target=self._run, name="inferno-reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and forget this worker's heartbeat."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        try:
+            self.store.redis.hdel(self.store.keys.workers(), self.hostname)
+        except Exception:
+            pass

@@ -1,0 +1,70 @@
+"""What one worker process holds: settings, a Redis job store and an engine, built lazily after fork."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import redis
+
+from inferno_jobs.config import Settings
+from inferno_jobs.job import now
+from inferno_jobs.queue import pool_queues
+from inferno_jobs.store import JobStore
+
+
+class Runtime:
+    """Per-process state. ``reset()`` after fork so no connection or session is shared with the parent."""
+
+    def __init__(self):
+        self.settings = Settings.from_env()
+        self._store: JobStore | None = None
+        self._engine = None
+        self._reconciler = None
+
+    def reset(self) -> None:
+        """Forget connections and sessions (called in each new pool child)."""
+        self._store = None
+        self._engine = None
+
+    @property
+    def store(self) -> JobStore:
+        """This process's job store."""
+        if self._store is None:
+            self._store = JobStore(redis.Redis.from_url(self.settings.redis_url), self.settings)
+        return self._store
+
+    @property
+    def engine(self):
+        """This process's ONNX Runtime engine (imported here so the API never loads onnxruntime)."""
+        if self._engine is None:
+            from workers.engine import Engine
+
+            processes = self.settings.worker_concurrency or os.cpu_count() or 1
+            self._engine = Engine(self.settings, pool=self.settings.worker_pool, processes=processes)
+        return self._engine
+
+    def report_loaded(self, worker: str) -> None:
+        """Tell the API which models this process has loaded (``GET /models`` -> ``loaded``)."""
+        models = self._engine.loaded() if self._engine is not None else []
+        self.store.redis.hset(self.store.keys.loaded_models(), worker,
+                              json.dumps({"models": models, "reported_at": now(), "pool": self.settings.worker_pool}))
+
+    def start_reconciler(self, celery, hostname: str | None) -> None:
+        """Start the reconciler thread in the worker's main process."""
+        from workers.celery_app import HARD_LIMIT_GRACE_S, enqueue
+        from workers.reconciler import Reconciler
+
+        self._reconciler = Reconciler(self.store, lambda job: enqueue(celery, job),
+                                      hostname=hostname or f"worker@{os.uname().nodename}",
+                                      pool=self.settings.worker_pool,
+                                      queues=pool_queues(self.settings.worker_pool), grace_s=HARD_LIMIT_GRACE_S)
+        self._reconciler.start()
+
+    def stop_reconciler(self) -> None:
+        """Stop the reconciler thread, if this process runs one."""
+        if self._reconciler is not None:
+            self._reconciler.stop()
+
+
+runtime = Runtime()
