@@ -10,7 +10,7 @@ from flask import Blueprint, jsonify, request, url_for
 from api.body import json_body, load
 from api.request_context import request_id, services, tenant
 from inferno_jobs.errors import InternalError, InvalidRequest
-from inferno_jobs.job import Job, JobStatus
+from inferno_jobs.job import Job
 from inferno_jobs.schemas import JobList, JobListQuery, JobRequest, JobResponse
 
 bp = Blueprint("jobs", __name__)
@@ -34,7 +34,8 @@ def check_input_for_model(model, data: dict) -> None:
 def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: tuple[str, str] | None = None):
     """Validate against the model, store and enqueue a job; returns ``(job, created)``.
 
-    Shared by every surface that creates jobs. A job that cannot be enqueued is failed, never left queued.
+    Shared by every surface that creates jobs. A job that cannot be enqueued is not accepted (an error, and
+    nothing is kept), so no job is left queued with no message behind it.
     """
     svc = services()
     model = svc.models.get(data["model"])
@@ -54,10 +55,10 @@ def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: 
         try:
             enqueue(svc.celery, job)
         except Exception as exc:
-            svc.store.transition(job.id, JobStatus.FAILED,
-                                 error={"code": "INTERNAL_ERROR", "message": f"could not enqueue: {exc}"})
-            raise InternalError("the job could not be enqueued; it was marked failed",
-                                details={"job_id": job.id}) from exc
+            # Not accepted, so not kept: the caller gets an error and may retry (same Idempotency-Key too).
+            svc.store.discard(job, idempotency)
+            raise InternalError(f"the job could not be enqueued ({exc.__class__.__name__}); it was not accepted, "
+                                "retry later", retry_after_s=5) from exc
     return job, created
 
 

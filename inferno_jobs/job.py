@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -72,6 +73,8 @@ EVENT_FOR_STATUS = {
 }
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_id_lock = threading.Lock()
+_last_id_value = 0
 
 
 def new_id(prefix: str) -> str:
@@ -79,7 +82,13 @@ def new_id(prefix: str) -> str:
 
     Ids sort by creation time, which is what cursor paging relies on.
     """
+    global _last_id_value
     value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    with _id_lock:
+        # Monotonic within a process: ids made in the same millisecond still sort in creation order.
+        if value <= _last_id_value:
+            value = _last_id_value + 1
+        _last_id_value = value
     chars = []
     for _ in range(26):
         value, rem = divmod(value, 32)

@@ -116,7 +116,7 @@ class JobStore:
             pipe.zrem(keys.running_leases(), job.id)
         if job.status.terminal and before is not None and not before.terminal:
             event = EVENT_FOR_STATUS[job.status]
-            if job.webhook and event in job.webhook.get("events", [event]):
+            if job.webhook and event in (job.webhook.get("events") or [event]):
                 pipe.lpush(keys.outbox(), json.dumps({"id": new_id("msg"), "type": event, "job_id": job.id,
                                                       "timestamp": now()}))
 
@@ -154,6 +154,19 @@ class JobStore:
                     return job, True
                 except redis.WatchError:
                     continue
+
+    def discard(self, job: Job, idempotency: tuple[str, str] | None = None) -> None:
+        """Remove a job that was never accepted (its enqueue failed), with its indexes and idempotency key."""
+        queue = queue_name(job.pool, job.priority)
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self.keys.job(job.id))
+            pipe.zrem(self.keys.tenant_jobs(job.tenant), job.id)
+            pipe.zrem(self.keys.queued(queue), job.id)
+            pipe.zrem(self.keys.queued_deadlines(), job.id)
+            pipe.zrem(self.keys.waiting(job.model), job.id)
+            if idempotency:
+                pipe.delete(self.keys.idempotency(job.tenant, idempotency[0]))
+            pipe.execute()
 
     def mutate(self, job_id: str, change: Callable[[Job], bool | None]) -> Job:
         """Apply ``change`` to the current record and write it atomically; retried if the job changed meanwhile.

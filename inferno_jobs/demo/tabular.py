@@ -9,14 +9,13 @@ from pathlib import Path
 
 def _train(name: str):
     from sklearn.datasets import load_diabetes, load_iris
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.linear_model import Ridge
+    from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     if name == "iris":
         data = load_iris()
-        model = make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=50, random_state=0))
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
         config = {"task": "classification", "labels": [str(t) for t in data.target_names]}
     else:
         data = load_diabetes()

@@ -1,0 +1,186 @@
+"""Shared fixtures. Unit tests use fakeredis; integration tests start a private redis-server, real Celery worker
+processes and real ONNX models (never the shared Redis on 6379)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import fakeredis
+import pytest
+import redis
+
+from inferno_jobs.config import Settings
+from inferno_jobs.queue import pool_queues
+from inferno_jobs.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RecordingCelery:
+    """Stands in for Celery in unit tests: records what would have been sent."""
+
+    def __init__(self):
+        self.sent: list[dict] = []
+        self.fail = False
+
+    def send_task(self, name, args=None, kwargs=None, **options):
+        if self.fail:
+            raise ConnectionError("broker unreachable")
+        self.sent.append({"name": name, "args": args, "kwargs": kwargs, **options})
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """The tabular demo models, built once per test session."""
+    from inferno_jobs.demo import build_demo
+
+    path = tmp_path_factory.mktemp("models")
+    build_demo(path, ["iris", "diabetes"])
+    return path
+
+
+@pytest.fixture
+def settings(model_dir) -> Settings:
+    return Settings.from_env({}, model_dir=model_dir, auth="disabled", key_prefix=f"t{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def fake_redis():
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def celery_stub() -> RecordingCelery:
+    return RecordingCelery()
+
+
+@pytest.fixture
+def make_app(fake_redis, celery_stub, settings):
+    """Build an API app on fakeredis; keyword arguments override settings."""
+    from api import create_app
+
+    def build(**overrides):
+        merged = Settings.from_env({}, **{**settings.__dict__, **overrides})
+        return create_app(merged, redis_client=fake_redis, celery=celery_stub)
+    return build
+
+
+@pytest.fixture
+def client(make_app):
+    return make_app().test_client()
+
+
+# -- integration -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A private redis-server for the whole session (AOF on, as production should run it)."""
+    server = RedisServer(appendonly=True).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def live_settings(redis_server, model_dir) -> Settings:
+    """Settings pointing at the private Redis, with a key prefix of this test's own."""
+    return Settings.from_env({}, redis_url=redis_server.url, model_dir=model_dir, auth="disabled",
+                             key_prefix=f"t{uuid.uuid4().hex[:8]}", reconcile_interval_s=1, lease_s=6)
+
+
+class WorkerProcess:
+    """A real ``celery worker`` process for one pool."""
+
+    def __init__(self, settings: Settings, pool: str = "cpu", concurrency: int = 2, name: str | None = None,
+                 extra_env: dict | None = None, queues: list[str] | None = None):
+        self.settings = settings
+        self.hostname = name or f"{pool}-{uuid.uuid4().hex[:6]}@test"
+        env = {**os.environ, **settings.env(), "INFERNO_WORKER_POOL": pool,
+               "INFERNO_WORKER_CONCURRENCY": str(concurrency), "INFERNO_ONNX_THREADS": "1",
+               "PYTHONPATH": str(ROOT), **(extra_env or {})}
+        # A separate broker db would hide nothing: the queues are shared on purpose, so each test flushes them.
+        argv = [sys.executable, "-m", "celery", "-A", "workers.tasks", "worker", "-Q",
+                ",".join(queues or pool_queues(pool)), "-n", self.hostname, "-E", "--loglevel", "INFO",
+                "--pool", "prefork", "--concurrency", str(concurrency), "--without-gossip", "--without-mingle"]
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"inferno-worker-{self.hostname}.log"
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def wait_ready(self, timeout_s: float = 60) -> "WorkerProcess":
+        """Wait until the worker's heartbeat appears in Redis."""
+        client = redis.Redis.from_url(self.settings.redis_url)
+        key = f"{self.settings.key_prefix}:workers"
+        deadline = time.monotonic() + timeout_s
+        while not client.hexists(key, self.hostname):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def children(self) -> list[int]:
+        """Pids of the prefork pool children."""
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def stop(self, sig=signal.SIGTERM, timeout_s: float = 30) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def start_worker(live_settings):
+    """Start real worker processes; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings | None = None, **kwargs) -> WorkerProcess:
+        worker = WorkerProcess(settings or live_settings, **kwargs)
+        started.append(worker)
+        return worker.wait_ready()
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def live_redis(redis_server, live_settings):
+    """A client of the private Redis; the Celery queues are emptied after each test."""
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture
+def live_app(live_settings, live_redis):
+    """The API app on the private Redis with a real Celery producer."""
+    from api import create_app
+
+    return create_app(live_settings, redis_client=live_redis)
+
+
+@pytest.fixture
+def api(live_app):
+    return live_app.test_client()
+
+
+def wait_for(predicate, timeout_s: float = 30, interval_s: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(interval_s)

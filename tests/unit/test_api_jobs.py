@@ -1,0 +1,194 @@
+"""The native jobs API on fakeredis, with Celery replaced by a recorder."""
+
+import subprocess
+import sys
+
+import pytest
+
+from inferno_jobs.apikey import KeyRing
+
+IRIS = {"type": "predict", "model": "iris", "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}}
+
+
+def test_submit_returns_202_queued_job_and_enqueues_by_name(client, celery_stub):
+    r = client.post("/jobs", json={**IRIS, "priority": "high", "metadata": {"user": "u1"}, "timeout_s": 30})
+    assert r.status_code == 202
+    job = r.get_json()
+    assert job["status"] == "queued" and job["object"] == "job" and job["priority"] == "high"
+    assert job["queue_position"] == 0 and job["attempts"] == 0 and job["metadata"] == {"user": "u1"}
+    assert r.headers["Location"] == f"/jobs/{job['id']}"
+    [sent] = celery_stub.sent
+    assert sent["name"] == "inferno.run_job" and sent["args"] == [job["id"]]
+    assert sent["queue"] == "inferno.cpu.high" and sent["soft_time_limit"] == 30
+    assert client.get(f"/jobs/{job['id']}").get_json()["id"] == job["id"]
+
+
+def test_every_response_carries_a_request_id(client):
+    assert client.get("/health").headers["X-Request-ID"].startswith("req_")
+    r = client.get("/jobs/job_nope", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["X-Request-ID"] == "abc-123" and r.get_json()["request_id"] == "abc-123"
+
+
+@pytest.mark.parametrize("body, status, code, field", [
+    ({"model": "iris", "input": {"features": [[1, 2, 3, 4]]}}, 400, "INVALID_REQUEST", "type"),
+    ({"type": "predict", "input": {"features": [[1, 2, 3, 4]]}}, 400, "INVALID_REQUEST", "model"),
+    ({"type": "predict", "model": "iris"}, 400, "INVALID_REQUEST", "input"),
+    ({**IRIS, "priority": "urgent"}, 400, "INVALID_REQUEST", "priority"),
+    ({**IRIS, "type": "translate"}, 400, "INVALID_REQUEST", "type"),
+    ({**IRIS, "input": {"features": "nope"}}, 400, "INVALID_REQUEST", "input"),
+    ({**IRIS, "input": {"features": [[1, 2], [1]]}}, 400, "INVALID_REQUEST", "input"),
+    ({**IRIS, "input": {"features": [["a", "b", "c", "d"]]}}, 400, "INVALID_REQUEST", "input"),
+    ({**IRIS, "input": {"features": [[1, 2, 3]]}}, 400, "INVALID_REQUEST", None),
+    ({**IRIS, "ttl_s": "soon"}, 400, "INVALID_REQUEST", "ttl_s"),
+    ({**IRIS, "ttl_s": 0}, 400, "INVALID_REQUEST", "ttl_s"),
+    ({**IRIS, "surprise": 1}, 400, "INVALID_REQUEST", "surprise"),
+    ({**IRIS, "webhook_url": "ftp://x"}, 400, "INVALID_REQUEST", "webhook_url"),
+    ({**IRIS, "model": "nope"}, 404, "MODEL_NOT_FOUND", None),
+    ({**IRIS, "model": "../../etc"}, 404, "MODEL_NOT_FOUND", None),
+    ({**IRIS, "type": "embedding", "input": {"input": "hi"}}, 400, "INVALID_REQUEST", None),
+    ({"type": "completion", "model": "iris", "input": {"prompt": "x", "temperature": 3}}, 400, "INVALID_REQUEST",
+     "input"),
+    ({"type": "completion", "model": "iris", "input": {"prompt": "x", "top_p": 1.5}}, 400, "INVALID_REQUEST",
+     "input"),
+    ({"type": "completion", "model": "iris", "input": {"prompt": "x", "max_tokens": 0}}, 400, "INVALID_REQUEST",
+     "input"),
+    ({"type": "embedding", "model": "iris", "input": {"input": ""}}, 400, "INVALID_REQUEST", "input"),
+    ({"type": "embedding", "model": "iris", "input": {"input": "x" * 8001}}, 400, "INVALID_REQUEST", "input"),
+    ({"type": "chat", "model": "iris", "input": {"messages": []}}, 400, "INVALID_REQUEST", "input"),
+])
+def test_bad_submissions_get_the_contract_error(client, celery_stub, body, status, code, field):
+    r = client.post("/jobs", json=body)
+    assert r.status_code == status, r.get_json()
+    error = r.get_json()["error"]
+    assert error["code"] == code and error["message"]
+    if field:
+        assert field in error["details"]
+    assert celery_stub.sent == []
+
+
+@pytest.mark.parametrize("data, content_type", [
+    ("{not json", "application/json"), ("", "application/json"), ("[1, 2]", "application/json"),
+    ("\xff\xfe", "application/json"), ("null", "application/json"), ("42", "text/plain"),
+])
+def test_malformed_bodies_are_400_never_500(client, data, content_type):
+    r = client.post("/jobs", data=data, content_type=content_type)
+    assert r.status_code == 400
+    body = r.get_json()
+    assert body["error"]["code"] == "INVALID_REQUEST" and body["request_id"] and body["timestamp"].endswith("Z")
+
+
+def test_oversized_body_is_413(make_app):
+    client = make_app(max_request_bytes=1000).test_client()
+    r = client.post("/jobs", json={**IRIS, "metadata": {"x": "y" * 2000}})
+    assert r.status_code == 413 and r.get_json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+def test_unknown_route_and_method(client):
+    assert client.get("/nowhere").status_code == 404
+    r = client.delete("/jobs")
+    assert r.status_code == 405 and r.get_json()["error"]["code"] == "INVALID_REQUEST"
+
+
+def test_unknown_job_is_404(client):
+    r = client.get("/jobs/job_01doesnotexist")
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "JOB_NOT_FOUND"
+    assert client.post("/jobs/job_01doesnotexist/cancel").status_code == 404
+
+
+def test_idempotency_key(client, celery_stub):
+    headers = {"Idempotency-Key": "order-42"}
+    first = client.post("/jobs", json=IRIS, headers=headers)
+    again = client.post("/jobs", json=IRIS, headers=headers)
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.get_json()["id"] == first.get_json()["id"]
+    other = client.post("/jobs", json={**IRIS, "priority": "low"}, headers=headers)
+    assert other.status_code == 409 and other.get_json()["error"]["code"] == "CONFLICT"
+    assert len(celery_stub.sent) == 1
+
+
+def test_cancel_queued_then_409(client):
+    job = client.post("/jobs", json=IRIS).get_json()
+    r = client.post(f"/jobs/{job['id']}/cancel")
+    assert r.status_code == 200 and r.get_json()["status"] == "canceled"
+    again = client.post(f"/jobs/{job['id']}/cancel")
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "CONFLICT"
+
+
+def test_list_with_filters_limit_and_cursor(client):
+    ids = [client.post("/jobs", json=IRIS).get_json()["id"] for _ in range(5)]
+    client.post(f"/jobs/{ids[0]}/cancel")
+    page = client.get("/jobs?limit=2").get_json()
+    assert page["object"] == "list" and [j["id"] for j in page["data"]] == ids[:-3:-1]
+    rest = client.get(f"/jobs?limit=10&cursor={page['next_cursor']}").get_json()
+    assert [j["id"] for j in rest["data"]] == ids[-3::-1] and rest["next_cursor"] is None
+    assert [j["id"] for j in client.get("/jobs?status=canceled").get_json()["data"]] == [ids[0]]
+    for bad in ("limit=0", "limit=101", "status=done", "type=x", "limit=abc", "colour=red"):
+        r = client.get(f"/jobs?{bad}")
+        assert r.status_code == 400 and r.get_json()["error"]["code"] == "INVALID_REQUEST", bad
+
+
+def test_enqueue_failure_is_an_error_and_keeps_nothing(client, celery_stub):
+    celery_stub.fail = True
+    r = client.post("/jobs", json=IRIS, headers={"Idempotency-Key": "k1"})
+    assert r.status_code == 500 and r.get_json()["error"]["code"] == "INTERNAL_ERROR"
+    assert r.headers["Retry-After"] == "5"
+    assert client.get("/jobs").get_json()["data"] == []
+    celery_stub.fail = False
+    retry = client.post("/jobs", json=IRIS, headers={"Idempotency-Key": "k1"})
+    assert retry.status_code == 202 and len(celery_stub.sent) == 1
+
+
+def test_auth_required_keys_and_tenants(make_app, fake_redis):
+    app = make_app(auth="required")
+    client = app.test_client()
+    ring = KeyRing(fake_redis, app.extensions["inferno"].settings)
+    key_a, rec_a, secret = ring.create("a")
+    key_b, _, _ = ring.create("b")
+    assert secret.startswith("whsec_")
+    assert client.post("/jobs", json=IRIS).status_code == 401
+    assert client.get("/jobs", headers={"Authorization": "Bearer nope"}).get_json()["error"]["code"] \
+        == "AUTHENTICATION_FAILED"
+    job = client.post("/jobs", json=IRIS, headers={"Authorization": f"Bearer {key_a}"}).get_json()
+    assert client.get(f"/jobs/{job['id']}", headers={"X-API-Key": key_a}).status_code == 200
+    foreign = client.get(f"/jobs/{job['id']}", headers={"X-API-Key": key_b})
+    assert foreign.status_code == 404 and foreign.get_json()["error"]["code"] == "JOB_NOT_FOUND"
+    assert client.post(f"/jobs/{job['id']}/cancel", headers={"X-API-Key": key_b}).status_code == 404
+    assert client.get("/jobs", headers={"X-API-Key": key_b}).get_json()["data"] == []
+    ring.revoke(rec_a.id)
+    assert client.get(f"/jobs/{job['id']}", headers={"X-API-Key": key_a}).status_code == 401
+    assert client.get("/health").status_code == 200  # health needs no key
+
+
+def test_keys_store_only_a_hash(fake_redis, settings):
+    ring = KeyRing(fake_redis, settings)
+    key, record, _ = ring.create("ci")
+    dump = b"".join(fake_redis.dump(k) or b"" for k in fake_redis.keys("*"))
+    assert key.encode() not in dump
+    assert [k.name for k in ring.list()] == ["ci"]
+
+
+def test_openapi_documents_the_routes(client):
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/health", "/ready"} <= set(spec["paths"])
+    assert "JobRequest" in spec["components"]["schemas"]
+
+
+def test_health_reports_redis_and_queues_and_ready_needs_a_worker(client):
+    health = client.get("/health").get_json()
+    assert health["redis"] == "ok" and health["workers"] == 0 and "inferno.cpu.high" in health["queues"]
+    assert client.get("/ready").status_code == 503
+
+
+def test_models_lists_the_repository(client):
+    models = {m["id"]: m for m in client.get("/models").get_json()["models"]}
+    assert models["iris"]["type"] == "predict" and models["iris"]["loaded"] is False
+    assert models["iris"]["capabilities"] == ["predict"] and models["iris"]["size_bytes"] > 0
+
+
+def test_the_api_process_never_imports_onnxruntime():
+    code = ("import sys; from api import create_app; from inferno_jobs.config import Settings; "
+            "create_app(Settings.from_env({}, auth='disabled')); "
+            "print('onnxruntime' in sys.modules, 'workers.engine' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
