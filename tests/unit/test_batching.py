@@ -1,0 +1,121 @@
+"""Micro-batching without Celery: one engine call for the waiting jobs of a model, each job its own outcome."""
+
+import numpy as np
+import pytest
+
+from inferno_jobs.errors import InvalidRequest
+from inferno_jobs.job import Job, JobStatus, JobType, Priority
+from inferno_jobs.model import ModelRepository
+from inferno_jobs.store import JobStore
+from workers.batching import BatchRunner, owner_alive
+from workers.engine import Engine
+
+
+@pytest.fixture
+def store(fake_redis, settings):
+    return JobStore(fake_redis, settings)
+
+
+def new(store, features, model="iris", priority=Priority.NORMAL):
+    job = Job.create(type=JobType.PREDICT, model=model, tenant="t", input={"features": features}, priority=priority)
+    return store.create(job)[0]
+
+
+class CountingEngine:
+    def __init__(self, settings):
+        self.engine = Engine(settings)
+        self.calls: list[int] = []
+
+    def run(self, model, inputs):
+        self.calls.append(len(inputs))
+        return self.engine.run(model, inputs)
+
+
+def runner(store, settings, engine):
+    return BatchRunner(store, engine.run, model_config=ModelRepository(settings.model_dir).get)
+
+
+def test_waiting_jobs_of_a_model_run_as_one_engine_call(store, settings):
+    engine = CountingEngine(settings)
+    jobs = [new(store, [[5.1, 3.5, 1.4, 0.2]] * (i + 1)) for i in range(5)]
+    finished = runner(store, settings, engine).run(jobs[0].id)
+    assert engine.calls == [5]
+    assert [j.status for j in finished] == [JobStatus.SUCCEEDED] * 5
+    for i, job in enumerate(jobs):
+        stored = store.get(job.id)
+        assert stored.status is JobStatus.SUCCEEDED and len(stored.result["predictions"]) == i + 1
+
+
+def test_each_job_gets_what_it_would_get_alone(store, settings):
+    rows = [[[5.1, 3.5, 1.4, 0.2]], [[6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], [[4.9, 3.0, 1.4, 0.2]]]
+    alone = [Engine(settings).run("iris", [{"features": r}])[0] for r in rows]
+    jobs = [new(store, r) for r in rows]
+    runner(store, settings, CountingEngine(settings)).run(jobs[0].id)
+    for job, expected in zip(jobs, alone):
+        result = store.get(job.id).result
+        assert result["predictions"] == expected["predictions"] and result["labels"] == expected["labels"]
+        # batched kernels may round the last float bits differently
+        np.testing.assert_allclose(result["probabilities"], expected["probabilities"], atol=1e-6)
+
+
+def test_a_bad_input_fails_alone(store, settings):
+    good, bad, other = new(store, [[5.1, 3.5, 1.4, 0.2]]), new(store, [[1.0, 2.0]]), new(store, [[6.0, 3.0, 5.0, 2.0]])
+    runner(store, settings, CountingEngine(settings)).run(good.id)
+    assert store.get(good.id).status is JobStatus.SUCCEEDED
+    assert store.get(other.id).status is JobStatus.SUCCEEDED
+    failed = store.get(bad.id)
+    assert failed.status is JobStatus.FAILED and failed.error["code"] == "INVALID_REQUEST"
+
+
+def test_batches_stop_at_max_batch_size_and_take_high_priority_first(store, settings, model_dir):
+    import json
+    import shutil
+    shutil.copytree(model_dir / "iris", model_dir / "iris-b3", dirs_exist_ok=True)
+    config = json.loads((model_dir / "iris-b3" / "config.json").read_text())
+    (model_dir / "iris-b3" / "config.json").write_text(json.dumps({**config, "max_batch_size": 3}))
+    first = new(store, [[5.0, 3.0, 1.0, 0.2]], model="iris-b3", priority=Priority.LOW)
+    lows = [new(store, [[5.0, 3.0, 1.0, 0.2]], model="iris-b3", priority=Priority.LOW) for _ in range(3)]
+    high = new(store, [[5.0, 3.0, 1.0, 0.2]], model="iris-b3", priority=Priority.HIGH)
+    engine = CountingEngine(settings)
+    finished = runner(store, settings, engine).run(first.id)
+    assert engine.calls == [3]
+    assert {j.id for j in finished} == {first.id, high.id, lows[0].id}
+    assert store.get(lows[2].id).status is JobStatus.QUEUED
+
+
+def test_a_duplicate_delivery_is_a_no_op(store, settings):
+    job = new(store, [[5.1, 3.5, 1.4, 0.2]])
+    engine = CountingEngine(settings)
+    runner(store, settings, engine).run(job.id)
+    assert runner(store, settings, engine).run(job.id) == []
+    assert engine.calls == [1] and len(store.get(job.id).attempts) == 1
+
+
+def test_unknown_model_fails_the_job_with_model_not_found(store, settings):
+    job = new(store, [[1, 2, 3, 4]], model="gone")
+    [done] = runner(store, settings, CountingEngine(settings)).run(job.id)
+    assert done.status is JobStatus.FAILED and done.error["code"] == "MODEL_NOT_FOUND"
+
+
+def test_a_broken_model_file_fails_with_a_clear_load_error(store, settings, model_dir):
+    broken = model_dir / "broken"
+    broken.mkdir(exist_ok=True)
+    (broken / "config.json").write_text('{"type": "predict"}')
+    (broken / "model.onnx").write_bytes(b"not an onnx file")
+    job = new(store, [[1, 2, 3, 4]], model="broken")
+    [done] = runner(store, settings, CountingEngine(settings)).run(job.id)
+    assert done.status is JobStatus.FAILED and done.error["code"] == "MODEL_NOT_LOADED"
+    assert "broken" in done.error["message"]
+
+
+def test_engine_errors_are_per_input(settings):
+    out = Engine(settings).run("iris", [{"features": [[1, 2, 3, 4]]}, {"features": [[1]]}])
+    assert "predictions" in out[0] and isinstance(out[1], InvalidRequest)
+
+
+def test_owner_alive_knows_dead_local_pids():
+    import os
+    import socket
+    assert owner_alive(f"{socket.gethostname()}:{os.getpid()}")
+    assert not owner_alive(f"{socket.gethostname()}:999999")
+    assert owner_alive("some-other-host:1")
