@@ -8,10 +8,12 @@ import json
 from flask import Blueprint, jsonify, request, url_for
 
 from api.body import json_body, load
+from api.deliveries import dispatch_webhooks
 from api.request_context import request_id, services, tenant
 from inferno_jobs.errors import InternalError, InvalidRequest
 from inferno_jobs.job import Job
 from inferno_jobs.schemas import JobList, JobListQuery, JobRequest, JobResponse
+from inferno_jobs.ssrf import NetworkGuard
 
 bp = Blueprint("jobs", __name__)
 
@@ -41,6 +43,9 @@ def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: 
     model = svc.models.get(data["model"])
     check_input_for_model(model, data)
     settings = svc.settings
+    if data.get("webhook"):  # the SSRF guard: refuse receivers on loopback, private, link-local... addresses
+        NetworkGuard.from_settings(settings).check_url(
+            data["webhook"]["url"], field="webhook_url" if data.get("webhook_url") else "webhook.url")
     job = Job.create(
         type=data["type"], model=model.name, tenant=owner, input=data["input"], priority=data["priority"],
         pool=model.pool, ttl_s=min(data.get("ttl_s") or settings.default_ttl_s, settings.max_ttl_s),
@@ -100,4 +105,6 @@ def list_jobs():
 @bp.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
     """Cancel a job: queued -> ``canceled`` now; running -> cancellation requested; 409 if it already ended."""
-    return jsonify(job_body(services().store.cancel(job_id, tenant())))
+    job = services().store.cancel(job_id, tenant())
+    dispatch_webhooks()  # a queued job became canceled: its job.canceled event goes out now
+    return jsonify(job_body(job))

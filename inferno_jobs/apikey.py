@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import redis
 
 from inferno_jobs.config import Settings
-from inferno_jobs.errors import AuthenticationFailed, NotFound
+from inferno_jobs.errors import AuthenticationFailed, InvalidRequest, NotFound
 from inferno_jobs.job import new_id, now
 from inferno_jobs.keyspace import Keyspace
 
@@ -95,6 +95,33 @@ class KeyRing:
                                json.dumps(asdict(record)))
                 return record
         raise NotFound(f"API key {key_id!r} not found")
+
+    def rotate_webhook_secret(self, tenant: str, grace_s: int | None = None) -> str:
+        """Give ``tenant`` a new webhook secret and return it; the previous one still signs for ``grace_s``
+        (default ``webhook_secret_grace_s``), so receivers can switch over without losing a delivery.
+
+        Raises :class:`NotFound` for an unknown tenant, :class:`InvalidRequest` for the implicit local tenant
+        (its secret is ``INFERNO_WEBHOOK_SECRET``).
+        """
+        if tenant == LOCAL_TENANT and not self.settings.auth_enabled:
+            raise InvalidRequest("with INFERNO_AUTH=disabled the secret is INFERNO_WEBHOOK_SECRET: change it there")
+        key = self.keys.tenant(tenant)
+        grace_s = self.settings.webhook_secret_grace_s if grace_s is None else grace_s
+        secret = new_webhook_secret()
+        while True:
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)  # two rotations at once must not both keep the same "previous" secret
+                    previous = pipe.hget(key, "webhook_secret")
+                    if previous is None:
+                        raise NotFound(f"tenant {tenant!r} not found")
+                    pipe.multi()
+                    pipe.hset(key, mapping={"webhook_secret": secret, "previous_secret": previous,
+                                            "previous_until": now() + max(0, grace_s)})
+                    pipe.execute()
+                    return secret
+                except redis.WatchError:
+                    continue
 
     def webhook_secrets(self, tenant: str) -> list[str]:
         """The tenant's webhook secrets, current first (two during a rotation's grace period)."""

@@ -21,7 +21,20 @@ def _print(data) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
-@click.group()
+class _Group(click.Group):
+    """Reports an API or validation error as one line (``error: CODE: message``) and exit status 1."""
+
+    def invoke(self, ctx):
+        from inferno_jobs.errors import InfernoError
+
+        try:
+            return super().invoke(ctx)
+        except InfernoError as exc:
+            click.echo(f"error: {exc.code}: {exc.message}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group)
 def main() -> None:
     """inferno-jobs: queue-driven asynchronous inference jobs."""
 
@@ -53,9 +66,11 @@ def api(host: str | None, port: int | None, workers: int) -> None:
 
 
 @main.command()
-@click.option("--pool", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--pool", type=click.Choice(["cpu", "gpu", "webhooks"]), default="cpu", show_default=True,
+              help="cpu | gpu: inference; webhooks: webhook delivery (threads, INFERNO_WEBHOOK_CONCURRENCY).")
 @click.option("--gpus", default=None, help="GPU ids for a gpu pool, e.g. 0,1: one worker process per GPU.")
-@click.option("--concurrency", "-c", type=int, default=None, help="Processes of a cpu pool (default: cores).")
+@click.option("--concurrency", "-c", type=int, default=None,
+              help="Processes of a cpu pool (default: cores); threads of a webhooks pool.")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(pool: str, gpus: str | None, concurrency: int | None, loglevel: str) -> None:
     """Run a worker pool serving its queues in strict priority order."""
@@ -139,7 +154,7 @@ def _keyring():
 
 @main.group()
 def keys() -> None:
-    """API keys: create, list, revoke."""
+    """API keys: create, list, revoke; rotate a tenant's webhook secret."""
 
 
 @keys.command("create")
@@ -172,6 +187,45 @@ def keys_revoke(key_id: str) -> None:
     click.echo(f"revoked {record.id} ({record.name})")
 
 
+@keys.command("rotate-secret")
+@click.option("--tenant", required=True)
+@click.option("--grace-s", type=int, default=None,
+              help="Seconds the previous secret keeps signing (default INFERNO_WEBHOOK_SECRET_GRACE_S).")
+def keys_rotate_secret(tenant: str, grace_s: int | None) -> None:
+    """Give a tenant a new webhook secret (shown once); both secrets sign deliveries during the grace period."""
+    from inferno_jobs.errors import InfernoError
+
+    keyring = _keyring()
+    try:
+        secret = keyring.rotate_webhook_secret(tenant, grace_s)
+    except InfernoError as exc:
+        raise click.ClickException(exc.message) from exc
+    grace = keyring.settings.webhook_secret_grace_s if grace_s is None else grace_s
+    click.echo(f"webhook secret: {secret}\nThe previous secret also signs deliveries for {grace} s more.\n"
+               "Store the new secret now: it is not shown again.")
+
+
+# -- webhooks ----------------------------------------------------------------------------------------------------
+
+@main.group()
+def webhooks() -> None:
+    """Webhook tools."""
+
+
+@webhooks.command("listen")
+@click.option("--port", default=9000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--secret", default=None, help="whsec_... to verify with (default INFERNO_WEBHOOK_SECRET).")
+def webhooks_listen(port: int, host: str, secret: str | None) -> None:
+    """A local receiver: verifies each delivery's signature (401 if bad) and prints its event as JSON."""
+    from inferno_jobs.listener import listen
+
+    secret = secret or _settings().webhook_secret
+    if not secret:
+        raise click.UsageError("give --secret whsec_... (or set INFERNO_WEBHOOK_SECRET)")
+    listen(port, secret, host, out=click.echo)
+
+
 # -- models ------------------------------------------------------------------------------------------------------
 
 @main.group()
@@ -197,6 +251,13 @@ def models_build_demo(names: tuple[str, ...], force: bool) -> None:
 
     for name, where in build_demo(_settings().model_dir, list(names) or None, force=force).items():
         click.echo(f"{name}: {where}")
+
+
+# -- batches (inferno_jobs/batch_cli.py) ---------------------------------------------------------------------------
+
+from inferno_jobs.batch_cli import batch  # noqa: E402  (the group's module reaches back here for _client)
+
+main.add_command(batch)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,12 @@ class Settings:
     # Webhooks.
     webhook_secret: str = ""
     webhook_allowed_networks: tuple[str, ...] = ()
+    webhook_timeout_s: int = 15  # per attempt: connect plus reading the response
+    webhook_max_attempts: int = 10  # per event, the first attempt included
+    webhook_retry_base_ms: int = 5000  # backoff before retry k: random(0, min(cap, base * 2**(k-1)))
+    webhook_retry_cap_s: int = 1800  # also caps Retry-After; kept under visibility_timeout_s / 2
+    webhook_concurrency: int = 16  # threads of a webhooks pool worker
+    webhook_secret_grace_s: int = 24 * 3600  # how long the previous secret still signs after a rotation
 
     # Clients (the CLI's submit/get/wait/cancel).
     api_url: str = "http://127.0.0.1:8000"
@@ -62,6 +68,15 @@ class Settings:
 
     # Request limits.
     max_request_bytes: int = 10 * 1024 * 1024
+
+    # Batches of prompt files (docs/batches.md).
+    batch_max_file_bytes: int = 100 * 1024 * 1024  # an uploaded prompt file (also POST /v1/files)
+    batch_max_lines: int = 50_000  # requests in one batch
+    batch_max_line_bytes: int = 1024 * 1024  # a longer line fails alone
+    batch_retention_s: int = 7 * 24 * 3600  # a finished batch and its results, from when it finished
+    batch_validating_timeout_s: int = 600  # a batch left validating this long (its API died) becomes failed
+    batch_chunk_timeout_s: int = 1800  # one chunk's engine call
+    file_retention_s: int = 7 * 24 * 3600  # files uploaded to POST /v1/files
 
     @property
     def auth_enabled(self) -> bool:

@@ -1,8 +1,9 @@
-"""``inferno-jobs dev``: Redis (embedded unless REDIS_URL is set), the API, one cpu worker and Flower in one
-command; Ctrl-C stops them all."""
+"""``inferno-jobs dev``: Redis (embedded unless REDIS_URL is set), the API, one cpu worker, a webhooks worker and
+Flower in one command; Ctrl-C stops them all."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -39,6 +40,11 @@ def run_dev(port: int = 8000, flower_port: int = 5555, build_models: bool = True
                                  api_port=port)
     if not settings.auth_enabled:
         out("!! INFERNO_AUTH=disabled: every request is accepted without an API key (local use only) !!")
+        if not settings.webhook_secret:  # the local tenant signs with it: make one so webhooks work out of the box
+            from inferno_jobs.apikey import new_webhook_secret
+
+            settings = dataclasses.replace(settings, webhook_secret=new_webhook_secret())
+            out(f"webhook secret (INFERNO_WEBHOOK_SECRET, this run only): {settings.webhook_secret}")
     if build_models:
         from inferno_jobs.demo import build_demo
 
@@ -52,6 +58,7 @@ def run_dev(port: int = 8000, flower_port: int = 5555, build_models: bool = True
     parts = {
         "api": [python, "-m", "inferno_jobs.cli", "api", "--host", settings.api_host, "--port", str(port)],
         "worker": [python, "-m", "inferno_jobs.cli", "worker", "--pool", "cpu"],
+        "webhooks": [python, "-m", "inferno_jobs.cli", "worker", "--pool", "webhooks"],
         "flower": [python, "-m", "inferno_jobs.cli", "flower", "--port", str(flower_port)],
     }
     children = {name: subprocess.Popen(argv, env=env) for name, argv in parts.items()}

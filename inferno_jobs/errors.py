@@ -66,6 +66,14 @@ class JobNotFound(NotFound):
     code = "JOB_NOT_FOUND"
 
 
+class BatchNotFound(NotFound):
+    """Raised when a batch does not exist, has left retention, or belongs to another tenant."""
+
+
+class FileNotFound(NotFound):
+    """Raised when an uploaded file does not exist, has left retention, or belongs to another tenant."""
+
+
 class ModelNotFound(NotFound):
     """Raised when a model is not in the model repository."""
 

@@ -52,6 +52,50 @@ class Keyspace:
         """Events (job reached a terminal state) waiting to be handed to webhook delivery."""
         return f"{self.prefix}:outbox"
 
+    def outbox_claimed(self) -> str:
+        """Outbox events taken by a dispatcher but not yet handed to Celery, scored by when they were taken."""
+        return f"{self.prefix}:outbox:claimed"
+
+    def deliveries(self, subject_id: str) -> str:
+        """The webhook delivery log of one job or batch: a list of attempts, oldest first."""
+        return f"{self.prefix}:deliveries:{subject_id}"
+
+    def batch(self, batch_id: str) -> str:
+        """A batch record: a hash (``meta`` JSON, ``status``, counters, times), so counters move atomically."""
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def batch_items(self, batch_id: str) -> str:
+        """A batch's requests: item index -> compact JSON (line, custom_id, input)."""
+        return f"{self.prefix}:batch:{batch_id}:items"
+
+    def batch_results(self, batch_id: str) -> str:
+        """A batch's outcomes: item index -> compact JSON (status, result or error); written once per item."""
+        return f"{self.prefix}:batch:{batch_id}:results"
+
+    def batch_chunks(self, batch_id: str) -> str:
+        """A batch's chunks: chunk index -> JSON list of item indexes (one engine call each)."""
+        return f"{self.prefix}:batch:{batch_id}:chunks"
+
+    def batch_done(self, batch_id: str) -> str:
+        """The chunk indexes whose results are stored: a redelivered chunk finds itself here and stops."""
+        return f"{self.prefix}:batch:{batch_id}:done"
+
+    def tenant_batches(self, tenant: str) -> str:
+        """A tenant's batch ids, a lexicographic sorted set (ids sort by creation time)."""
+        return f"{self.prefix}:batches:{tenant}"
+
+    def live_batches(self) -> str:
+        """Batches not yet terminal, scored by creation time: what the reconciler checks."""
+        return f"{self.prefix}:batches:live"
+
+    def file(self, file_id: str) -> str:
+        """An uploaded file: a hash (``meta`` JSON, ``data`` bytes)."""
+        return f"{self.prefix}:file:{file_id}"
+
+    def tenant_files(self, tenant: str) -> str:
+        """A tenant's file ids, a lexicographic sorted set."""
+        return f"{self.prefix}:files:{tenant}"
+
     def api_key(self, key_hash: str) -> str:
         """An API key record, found by the SHA-256 of the key."""
         return f"{self.prefix}:apikey:{key_hash}"
@@ -67,6 +111,18 @@ class Keyspace:
     def workers(self) -> str:
         """Worker heartbeats: hostname -> JSON (pool, models, last seen)."""
         return f"{self.prefix}:workers"
+
+    def model_commands(self) -> str:
+        """The last load/unload an operator asked of every worker, per model: name -> JSON."""
+        return f"{self.prefix}:models:commands"
+
+    def model_generation(self) -> str:
+        """A counter bumped on every load/unload request: worker processes reconcile when it moves."""
+        return f"{self.prefix}:models:generation"
+
+    def model_validation(self, request_id: str) -> str:
+        """The report of one ``POST /models/<id>/validate``."""
+        return f"{self.prefix}:models:validation:{request_id}"
 
     def loaded_models(self) -> str:
         """What each worker process has loaded: ``host:pid`` -> JSON (models, reported_at)."""

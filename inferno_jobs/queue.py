@@ -15,7 +15,12 @@ def queue_name(pool: str, priority: Priority | str) -> str:
 
 
 def pool_queues(pool: str) -> list[str]:
-    """A pool's queues, highest priority first: the order a worker asks for them in."""
+    """A pool's queues, highest priority first: the order a worker asks for them in.
+
+    The ``webhooks`` pool has the one delivery queue.
+    """
+    if pool == "webhooks":
+        return [WEBHOOK_QUEUE]
     return [queue_name(pool, p) for p in PRIORITY_ORDER]
 
 

@@ -229,6 +229,19 @@ class ModelResponse(Schema):
     capabilities = fields.List(fields.String())
 
 
+class ModelValidation(Schema):
+    """``POST /models/<id>/validate``: a sample run in a worker."""
+
+    id = fields.String()
+    type = fields.String()
+    valid = fields.Boolean()
+    latency_ms = fields.Float()
+    providers = fields.List(fields.String())
+    output_keys = fields.List(fields.String())
+    worker = fields.String()
+    error = fields.Nested(ErrorBody, allow_none=True)
+
+
 class ModelList(Schema):
     """``GET /models``."""
 

@@ -45,6 +45,23 @@ def model_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def minilm_dir(model_dir) -> Path:
+    """The minilm embedding model, built (about 2 s, no torch) into the shared model directory."""
+    from inferno_jobs.demo import minilm
+
+    return minilm.build(model_dir)
+
+
+@pytest.fixture(scope="session")
+def tinygpt_dir(model_dir) -> Path:
+    """The tiny-gpt generation model, trained (about 30 s) into the shared model directory."""
+    pytest.importorskip("torch", reason="torch is not installed; it is needed to train the tiny-gpt demo model")
+    from inferno_jobs.demo import tinygpt
+
+    return tinygpt.build(model_dir)
+
+
 @pytest.fixture
 def settings(model_dir) -> Settings:
     return Settings.from_env({}, model_dir=model_dir, auth="disabled", key_prefix=f"t{uuid.uuid4().hex[:8]}")
@@ -97,7 +114,7 @@ class WorkerProcess:
     """A real ``celery worker`` process for one pool."""
 
     def __init__(self, settings: Settings, pool: str = "cpu", concurrency: int = 2, name: str | None = None,
-                 extra_env: dict | None = None, queues: list[str] | None = None):
+                 extra_env: dict | None = None, queues: list[str] | None = None, celery_pool: str | None = None):
         self.settings = settings
         self.hostname = name or f"{pool}-{uuid.uuid4().hex[:6]}@test"
         env = {**os.environ, **settings.env(), "INFERNO_WORKER_POOL": pool,
@@ -106,7 +123,8 @@ class WorkerProcess:
         # A separate broker db would hide nothing: the queues are shared on purpose, so each test flushes them.
         argv = [sys.executable, "-m", "celery", "-A", "workers.tasks", "worker", "-Q",
                 ",".join(queues or pool_queues(pool)), "-n", self.hostname, "-E", "--loglevel", "INFO",
-                "--pool", "prefork", "--concurrency", str(concurrency), "--without-gossip", "--without-mingle"]
+                "--pool", celery_pool or ("threads" if pool == "webhooks" else "prefork"), "--concurrency",
+                str(concurrency), "--without-gossip", "--without-mingle"]
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"inferno-worker-{self.hostname}.log"
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,

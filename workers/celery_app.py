@@ -13,12 +13,14 @@ from inferno_jobs.job import Job
 from inferno_jobs.queue import WEBHOOK_QUEUE, all_queues, queue_name
 
 RUN_JOB = "inferno.run_job"
+VALIDATE_MODEL = "inferno.validate_model"
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
     """A Celery app configured from ``settings`` (default: the environment)."""
     settings = settings or Settings.from_env()
-    app = Celery("inferno", broker=settings.redis_url, include=["workers.tasks"])
+    app = Celery("inferno", broker=settings.redis_url,
+                 include=["workers.tasks", "workers.delivery", "workers.model_tasks"])
     transport = {
         # Ask for a pool's queues in the order given with -Q (high, normal, low), not round robin.
         "queue_order_strategy": "priority",

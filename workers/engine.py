@@ -6,6 +6,7 @@ An engine is created after fork (in ``worker_process_init`` or on first use), ne
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 
 import onnxruntime as ort
@@ -51,6 +52,8 @@ class Engine:
         self.memory_budget_bytes = memory_budget_bytes
         self.threads = settings.onnx_threads or max(1, (os.cpu_count() or 1) // max(1, processes))
         self._runners: OrderedDict[str, tuple[Runner, int]] = OrderedDict()
+        # The model watcher thread loads and unloads while tasks run.
+        self._lock = threading.RLock()
 
     def session_options(self) -> ort.SessionOptions:
         """Threads sized so that worker processes x threads does not exceed the cores."""
@@ -61,11 +64,11 @@ class Engine:
 
     def runner(self, name: str) -> Runner:
         """The runner of model ``name``, loading it (and evicting others) if needed."""
-        if name in self._runners:
-            self._runners.move_to_end(name)
-            return self._runners[name][0]
-        model = self.repository.get(name)
-        return self.load(model)
+        with self._lock:
+            if name in self._runners:
+                self._runners.move_to_end(name)
+                return self._runners[name][0]
+        return self.load(self.repository.get(name))
 
     def load(self, model: ModelConfig) -> Runner:
         """Load ``model`` now; raises :class:`ModelNotLoaded` with the reason when it cannot."""
@@ -76,18 +79,21 @@ class Engine:
             raise ModelNotLoaded(f"model {model.name!r} has no file {model.onnx_path.name}")
         runner = classes[model.type](model, self.providers, self.session_options())
         size = model.size_bytes
-        self._runners[model.name] = (runner, size)
-        while len(self._runners) > 1 and sum(s for _, s in self._runners.values()) > self.memory_budget_bytes:
-            self._runners.popitem(last=False)
+        with self._lock:
+            self._runners[model.name] = (runner, size)
+            while len(self._runners) > 1 and sum(s for _, s in self._runners.values()) > self.memory_budget_bytes:
+                self._runners.popitem(last=False)
         return runner
 
     def unload(self, name: str) -> bool:
         """Drop model ``name``; True if it was loaded."""
-        return self._runners.pop(name, None) is not None
+        with self._lock:
+            return self._runners.pop(name, None) is not None
 
     def loaded(self) -> list[str]:
         """Names of the models loaded in this process."""
-        return list(self._runners)
+        with self._lock:
+            return list(self._runners)
 
     def run(self, name: str, inputs: list[dict]) -> list[dict | InfernoError]:
         """Run one micro-batch of job inputs on model ``name``: one result or error per input.

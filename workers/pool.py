@@ -1,4 +1,5 @@
-"""Starting worker pools: the Celery command line of a cpu pool, and one process per GPU for a gpu pool."""
+"""Starting worker pools: the Celery command line of a cpu pool, one process per GPU for a gpu pool, and a
+threads pool for webhook delivery (I/O bound: many slow receivers at once, no model loaded)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,13 @@ def celery_argv(pool: str, concurrency: int, hostname: str, loglevel: str = "INF
 
     A cpu pool runs ``concurrency`` prefork children; a gpu worker owns one GPU and runs one prefork child, so
     one ONNX Runtime session per GPU serves its micro-batches (and time limits still work: they need prefork).
+    A webhooks pool serves ``inferno.webhooks`` with ``concurrency`` threads.
     """
-    argv = [sys.executable, "-m", "celery", "-A", "workers.tasks", "worker", "-Q", ",".join(pool_queues(pool)),
+    queues = pool_queues(pool)
+    argv = [sys.executable, "-m", "celery", "-A", "workers.tasks", "worker", "-Q", ",".join(queues),
             "-n", hostname, "-E", "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+    if pool == "webhooks":
+        return argv + ["--pool", "threads", "--concurrency", str(concurrency)]
     return argv + ["--pool", "prefork", "--concurrency", str(1 if pool == "gpu" else concurrency)]
 
 
@@ -50,6 +55,9 @@ def run_pool(settings: Settings, pool: str, gpus: list[str] | None = None, concu
         gpus = gpus or ["0"]
         specs = [(celery_argv("gpu", 1, f"gpu{g}@{host}", loglevel), worker_env(settings, "gpu", 1, g))
                  for g in gpus]
+    elif pool == "webhooks":
+        n = concurrency or settings.webhook_concurrency
+        specs = [(celery_argv("webhooks", n, f"webhooks@{host}", loglevel), worker_env(settings, "webhooks", n))]
     else:
         n = concurrency or cpu_concurrency(settings)
         specs = [(celery_argv("cpu", n, f"cpu@{host}", loglevel), worker_env(settings, "cpu", n))]

@@ -3,6 +3,7 @@
 - queued jobs past ``ttl_s`` become ``expired`` (even if no message of theirs is ever consumed);
 - running jobs past ``timeout_s`` (plus the hard-limit grace) become ``timed_out``;
 - running jobs whose lease ran out (their worker died) are released and sent again;
+- webhook events left in the outbox (a process died before handing them over) are sent to the webhooks queue;
 - this worker's heartbeat is written for ``/health`` and ``GET /workers``.
 """
 
@@ -13,18 +14,27 @@ import logging
 import threading
 from typing import Callable
 
+from inferno_jobs.batchstore import BatchStore
+from inferno_jobs.delivery import dispatch_outbox
 from inferno_jobs.job import Job, JobStatus, now
 from inferno_jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
 
+def _worker_celery():
+    from workers.celery_app import app
+
+    return app
+
+
 class Reconciler:
     """One pass with :meth:`tick`; :meth:`start` runs it on a daemon thread."""
 
     def __init__(self, store: JobStore, send: Callable[[Job], None], *, hostname: str, pool: str,
-                 queues: list[str], grace_s: float = 15):
+                 queues: list[str], grace_s: float = 15, celery=None):
         self.store = store
+        self.celery = celery  # for webhook events; None: the worker's own app
         self.send = send
         self.hostname = hostname
         self.pool = pool
@@ -65,6 +75,9 @@ class Reconciler:
                 if released is not None:
                     self.send(released)
                     counts["resent"] += 1
+        # Batches an API left validating (it died before enqueuing their chunks) fail, so every batch ends.
+        BatchStore(self.store.redis, self.store.settings).sweep()
+        dispatch_outbox(self.store, self.celery if self.celery is not None else _worker_celery())
         if any(counts.values()):
             log.info("reconciled", extra=counts)
         return counts

@@ -7,6 +7,7 @@ import logging
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
+from inferno_jobs.delivery import dispatch_outbox
 from inferno_jobs.model import ModelRepository
 from workers.batching import BatchRunner
 from workers.celery_app import RUN_JOB, app
@@ -44,3 +45,8 @@ def run_job(self, job_id: str) -> None:
         log.info("job finished", extra={"job_id": job.id, "model": job.model, "status": job.status.value,
                                         "priority": job.priority.value, "tenant": job.tenant,
                                         "request_id": job.request_id})
+    if any(job.webhook for job in finished):
+        try:  # hand the webhook events of these jobs over now; the reconciler's tick is only the backstop
+            dispatch_outbox(runtime.store, app)
+        except Exception:  # a job's outcome never depends on its webhook
+            log.exception("webhook dispatch failed; the reconciler will retry it")

@@ -1,0 +1,143 @@
+"""The generation runner on the real tiny-gpt demo model (trained once per test session; needs torch to build)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import onnxruntime as ort
+import pytest
+
+from inferno_jobs.errors import ContextLengthExceeded, InvalidRequest
+from inferno_jobs.model import ModelConfig
+from workers.generation import GenerationRunner
+from workers.tokenizer import render_chat
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the model hub, even by accident
+
+PROMPT = "Once upon a time"
+CHAT = [{"role": "user", "content": "Tell me the fable of The Lion and the Mouse."}]
+
+
+def make_runner(path, **options) -> GenerationRunner:
+    config = ModelConfig.load(path)
+    config = dataclasses.replace(config, options={**config.options, **options})
+    return GenerationRunner(config, ["CPUExecutionProvider"], ort.SessionOptions())
+
+
+@pytest.fixture(scope="module")
+def runner(tinygpt_dir):
+    return make_runner(tinygpt_dir)
+
+
+@pytest.fixture(scope="module")
+def no_cache(tinygpt_dir):
+    return make_runner(tinygpt_dir, use_cache=False)
+
+
+def complete(runner, **params) -> dict:
+    return runner.generate({"prompt": PROMPT, **params})
+
+
+def test_completion_result_shape(runner):
+    result = complete(runner, max_tokens=8, temperature=0)
+    assert set(result) == {"text", "finish_reason", "usage"}
+    assert isinstance(result["text"], str) and result["text"]
+    usage = result["usage"]
+    assert usage["prompt_tokens"] == len(runner.tokenizer.encode(PROMPT).ids)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_same_seed_same_text_and_different_seeds_differ(runner):
+    params = {"max_tokens": 24, "temperature": 1.0, "top_p": 0.95}
+    first, again = complete(runner, seed=7, **params), complete(runner, seed=7, **params)
+    assert first["text"] == again["text"]
+    others = {complete(runner, seed=seed, **params)["text"] for seed in (8, 9, 10)}
+    assert others - {first["text"]}
+
+
+def test_top_k_one_equals_greedy(runner):
+    greedy = complete(runner, max_tokens=24, temperature=0)
+    assert complete(runner, max_tokens=24, temperature=1.3, top_k=1, seed=11)["text"] == greedy["text"]
+
+
+def test_max_tokens_is_respected(runner):
+    result = complete(runner, max_tokens=12, temperature=0)
+    assert result["finish_reason"] == "length"
+    assert result["usage"]["completion_tokens"] == 12
+
+
+def test_stop_sequence_trims_the_output(runner):
+    greedy = complete(runner, max_tokens=32, temperature=0)["text"]
+    stop = greedy[10:14]  # a piece from the middle of what the model says anyway
+    result = complete(runner, max_tokens=32, temperature=0, stop=[stop, "never-said"])
+    assert result["finish_reason"] == "stop"
+    assert result["text"] == greedy[:greedy.index(stop)]
+    assert stop not in result["text"]
+
+
+def test_kv_cache_and_full_recompute_give_the_same_greedy_text(runner, no_cache):
+    assert no_cache.use_cache is False and runner.use_cache is True
+    for item in ({"prompt": PROMPT}, {"prompt": "The fox"}, {"messages": CHAT}):
+        params = {**item, "max_tokens": 48, "temperature": 0}
+        assert runner.generate(params) == no_cache.generate(params)
+
+
+def test_too_long_prompt_fails_alone(runner):
+    long_prompt = "the lion and the mouse " * 200
+    with pytest.raises(ContextLengthExceeded):
+        runner.generate({"prompt": long_prompt})
+    good, bad = runner.run_batch([{"prompt": PROMPT, "max_tokens": 4}, {"prompt": long_prompt}])
+    assert good["usage"]["completion_tokens"] <= 4
+    assert isinstance(bad, ContextLengthExceeded) and bad.code == "CONTEXT_LENGTH_EXCEEDED"
+
+
+def test_generation_stops_at_the_context_length(runner):
+    ids = runner.tokenizer.encode("the lion and the mouse " * 200).ids[:runner.context_length - 3]
+    prompt = runner.tokenizer.decode(ids)
+    result = runner.generate({"prompt": prompt, "max_tokens": 100, "temperature": 0, "repetition_penalty": 1.3})
+    assert result["usage"]["total_tokens"] <= runner.context_length
+
+
+def test_chat(runner):
+    result = runner.generate({"messages": CHAT, "max_tokens": 40, "temperature": 0})
+    assert result["message"]["role"] == "assistant"
+    assert isinstance(result["message"]["content"], str) and result["message"]["content"]
+    assert result["finish_reason"] in {"stop", "length"}
+    prompt = render_chat(CHAT, None)
+    assert prompt == "<|user|>\nTell me the fable of The Lion and the Mouse.\n<|assistant|>\n"
+    assert render_chat(CHAT, runner.chat_template) == prompt  # the demo's template is the default format
+    assert result["usage"]["prompt_tokens"] == len(runner.tokenizer.encode(prompt).ids)
+
+
+@pytest.mark.parametrize("params", [{"temperature": 0}, {"seed": 3, "temperature": 0.9},
+                                    {"temperature": 0, "stop": ["the", "mouse"]}])
+def test_on_token_pieces_concatenate_to_the_text(runner, params):
+    pieces = []
+    result = runner.generate({"prompt": PROMPT, "max_tokens": 30, **params},
+                             on_token=lambda piece, index: pieces.append((index, piece)))
+    assert [i for i, _ in pieces] == list(range(len(pieces)))
+    assert "".join(p for _, p in pieces) == result["text"]
+    assert len(pieces) >= 3
+
+
+def test_should_stop_cancels(runner):
+    polls = []
+
+    def should_stop():
+        polls.append(1)
+        return len(polls) > 3
+
+    result = runner.generate({"prompt": PROMPT, "max_tokens": 50, "temperature": 0}, should_stop=should_stop)
+    assert result["finish_reason"] == "canceled"
+    assert result["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize("bad", [{"prompt": 3}, {"prompt": PROMPT, "max_tokens": 0},
+                                 {"prompt": PROMPT, "temperature": 3}, {"prompt": PROMPT, "stop": [""]},
+                                 {"messages": []}, {"messages": [{"role": "robot", "content": "hi"}]},
+                                 {"nothing": True}])
+def test_invalid_input_fails_alone(runner, bad):
+    good, error = runner.run_batch([{"prompt": PROMPT, "max_tokens": 3}, bad])
+    assert good["usage"]["completion_tokens"] <= 3
+    assert isinstance(error, InvalidRequest)

@@ -1,0 +1,73 @@
+"""The NumPy logit processors and the seeded sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inferno_jobs.errors import InvalidRequest
+from workers.sampling import (Sampler, SamplingParams, apply_repetition_penalty, apply_temperature, softmax,
+                              top_k_filter, top_p_filter)
+
+
+def test_top_p_keeps_the_nucleus():
+    # probabilities 0.5, 0.3, 0.15, 0.05
+    logits = np.log(np.array([0.15, 0.5, 0.05, 0.3]))
+    kept = np.isfinite(top_p_filter(logits, 0.75))
+    assert kept.tolist() == [False, True, False, True]  # 0.5 + 0.3 reaches 0.75
+    assert np.isfinite(top_p_filter(logits, 0.8)).tolist() == [False, True, False, True]
+    assert np.isfinite(top_p_filter(logits, 0.81)).tolist() == [True, True, False, True]
+    assert np.isfinite(top_p_filter(logits, 0.0)).sum() == 1  # the most likely token always stays
+    assert np.array_equal(top_p_filter(logits, 1.0), logits.astype(np.float32))
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = np.array([1.0, 5.0, 3.0, 4.0])
+    assert np.isfinite(top_k_filter(logits, 2)).tolist() == [False, True, False, True]
+    assert np.isfinite(top_k_filter(logits, 0)).all()
+
+
+def test_repetition_penalty_lowers_seen_tokens_whatever_their_sign():
+    logits = np.array([2.0, -1.0, 3.0])
+    out = apply_repetition_penalty(logits, np.array([0, 1, 1]), 2.0)
+    assert out.tolist() == [1.0, -2.0, 3.0]
+    assert logits.tolist() == [2.0, -1.0, 3.0]  # the input is not modified
+    assert np.array_equal(apply_repetition_penalty(logits, np.array([0]), 1.0), logits)
+
+
+def test_temperature_sharpens_and_flattens():
+    logits = np.array([1.0, 2.0, 3.0])
+    base = softmax(logits).max()
+    assert softmax(apply_temperature(logits, 0.5)).max() > base > softmax(apply_temperature(logits, 2.0)).max()
+
+
+def test_same_seed_same_tokens_and_greedy_is_argmax():
+    logits = np.random.default_rng(0).normal(size=50)
+    first = Sampler(SamplingParams(seed=5))
+    second = Sampler(SamplingParams(seed=5))
+    assert [first.next_token(logits, np.array([])) for _ in range(20)] == \
+        [second.next_token(logits, np.array([])) for _ in range(20)]
+    assert Sampler(SamplingParams(temperature=0)).next_token(logits, np.array([])) == int(np.argmax(logits))
+    assert Sampler(SamplingParams(top_k=1, temperature=1.5, seed=3)).next_token(logits, np.array([])) == \
+        int(np.argmax(logits))
+
+
+def test_sampled_tokens_stay_in_the_nucleus():
+    logits = np.log(np.array([0.6, 0.3, 0.05, 0.05]))
+    sampler = Sampler(SamplingParams(top_p=0.85, seed=0))
+    assert {sampler.next_token(logits, np.array([])) for _ in range(200)} == {0, 1}
+
+
+@pytest.mark.parametrize("bad", [{"temperature": 2.5}, {"temperature": -0.1}, {"top_p": 1.5}, {"top_k": -1},
+                                 {"top_k": 2.5}, {"repetition_penalty": 0}, {"seed": "7"}, {"seed": -1},
+                                 {"temperature": "hot"}, {"temperature": True}])
+def test_invalid_parameters_are_rejected(bad):
+    with pytest.raises(InvalidRequest):
+        SamplingParams.from_input(bad)
+
+
+def test_defaults():
+    params = SamplingParams.from_input({})
+    assert (params.temperature, params.top_p, params.top_k, params.repetition_penalty, params.seed) == \
+        (1.0, 1.0, 0, 1.0, None)
+    assert SamplingParams.from_input({"temperature": 0}).greedy

@@ -1,0 +1,114 @@
+"""Text in and out of the text runners: loading ``tokenizer.json``, chat prompts, streaming detokenization.
+
+Tokenizing is the ``tokenizers`` library's job; this module only adds what the runners need around it.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from inferno_jobs.errors import InvalidRequest, ModelNotLoaded
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def load_tokenizer(model_path: Path) -> Tokenizer:
+    """The ``tokenizer.json`` of a model directory; raises :class:`ModelNotLoaded` when it is missing or bad."""
+    path = Path(model_path) / "tokenizer.json"
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for a missing or malformed file
+        raise ModelNotLoaded(f"cannot load {path}: {exc}") from exc
+
+
+def chat_template_of(model_path: Path, options: dict) -> str | None:
+    """The chat template: ``chat_template`` in config.json, else the one in a Hugging Face
+    ``tokenizer_config.json`` beside the model, else None (the default format)."""
+    if options.get("chat_template"):
+        return options["chat_template"]
+    hf = Path(model_path) / "tokenizer_config.json"
+    if hf.is_file():
+        template = json.loads(hf.read_text()).get("chat_template")
+        if isinstance(template, str):
+            return template
+    return None
+
+
+def check_messages(messages) -> list[dict]:
+    """Validate chat ``messages``: a non-empty list of ``{"role", "content"}`` with a known role and text
+    content (OpenAI-style lists of ``{"type": "text", "text"}`` parts are joined); raises :class:`InvalidRequest`."""
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages must be a non-empty list", details={"field": "messages"})
+    out = []
+    for i, message in enumerate(messages):
+        field = f"messages[{i}]"
+        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+            raise InvalidRequest(f"{field}.role must be one of {', '.join(CHAT_ROLES)}", details={"field": field})
+        content = message.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in content):
+                raise InvalidRequest(f"{field}.content parts must be text", details={"field": field})
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise InvalidRequest(f"{field}.content must be a string", details={"field": field})
+        out.append({"role": message["role"], "content": content})
+    return out
+
+
+def render_chat(messages: list[dict], template: str | None, **extra) -> str:
+    """The prompt for ``messages``: the Jinja ``template`` if given, else the default format
+    ``<|role|>\\ncontent\\n`` per message followed by ``<|assistant|>\\n``."""
+    if template is None:
+        return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages) + "<|assistant|>\n"
+    try:
+        return _compile(template).render(messages=messages, add_generation_prompt=True, **extra)
+    except InvalidRequest:
+        raise
+    except Exception as exc:  # a template error is about this input (e.g. a role order it forbids)
+        raise InvalidRequest(f"chat template failed: {exc}", details={"field": "messages"}) from exc
+
+
+@lru_cache(maxsize=16)
+def _compile(template: str):
+    # Jinja2 arrives with Flask. A sandbox, as transformers uses: templates come with model files.
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise InvalidRequest(f"chat template: {message}", details={"field": "messages"})
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template)
+
+
+class IncrementalDecoder:
+    """Turns generated ids into text pieces whose concatenation is the decoded text.
+
+    Byte-level tokens can split a UTF-8 character and BPE decoders may merge spaces across tokens, so a token's
+    text is not decode([token]). As Hugging Face TGI does, decode a short window before and after the new ids
+    and emit the difference, holding text back while it ends in an incomplete character.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int]):
+        self.tokenizer = tokenizer
+        # Start the window on the prompt's last ids so the first generated word gets its leading space right.
+        self.ids = list(prompt_ids[-4:])
+        self.prefix_offset = 0
+        self.read_offset = len(self.ids)
+        self.text = ""
+
+    def push(self, token_id: int) -> str:
+        """Add one generated id; returns the new text it completes (possibly empty)."""
+        self.ids.append(token_id)
+        prefix = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
+        full = self.tokenizer.decode(self.ids[self.prefix_offset:])
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            piece = full[len(prefix):]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            self.text += piece
+            return piece
+        return ""
