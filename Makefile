@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MODEL_DIR ?= models
 export MODEL_DIR
 
-.PHONY: install dev test test-unit test-integration bench models clean
+.PHONY: install dev test test-unit test-integration test-reliability bench bench-quick models clean
 
 $(VENV)/.installed: setup.cfg setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,14 @@ test-unit: install
 test-integration: install
 	$(PY) -m pytest -q tests/integration
 
-bench: install models ## throughput and latency ratios against bare Celery / raw ONNX Runtime
+test-reliability: install ## crash, restart and fuzzing tests (also part of `make test`)
+	$(PY) -m pytest -q tests/reliability
+
+bench: install models ## throughput and latency ratios against bare Celery / raw ONNX Runtime (docs/performance.md)
 	$(PY) -m bench
+
+bench-quick: install models
+	$(PY) -m bench --quick
 
 clean:
 	rm -rf $(VENV) $(MODEL_DIR) .pytest_cache

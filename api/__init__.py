@@ -43,10 +43,11 @@ def create_app(settings: Settings | None = None, *, redis_client: redis.Redis | 
                                          keyring=KeyRing(client, settings), models=ModelRepository(settings.model_dir),
                                          celery=celery, started_at=time.time())
 
-    from api import deliveries, errors, health, jobs, models, openapi, request_context
+    from api import (batches, deliveries, errors, health, jobs, models, openai_batches, openai_files, openapi,
+                     request_context)
 
     request_context.init_app(app)
     errors.init_app(app)
-    for module in (jobs, deliveries, health, models, openapi):
+    for module in (jobs, deliveries, batches, openai_files, openai_batches, health, models, openapi):
         app.register_blueprint(module.bp)
     return app

@@ -9,6 +9,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, jsonify
 
 from inferno_jobs import __version__
+from api.batches import SCHEMAS as batch_schemas
 from api.deliveries import SCHEMAS as delivery_schemas
 from inferno_jobs import schemas
 
@@ -34,6 +35,32 @@ ROUTES = {
     "/models/{model_id}/unload": {"post": ("Unload a model everywhere", None, 200, "ModelResponse", (401, 404))},
     "/models/{model_id}/validate": {"post": ("Validate a model in a worker", None, 200, "ModelValidation",
                                              (401, 404, 504))},
+    "/batches": {
+        "post": ("Submit a batch: multipart file=@prompts.jsonl (+model, type, params, priority, webhook_url) or "
+                 "JSON requests; ?dry_run=true validates only", "BatchRequest", 202, "BatchResponse",
+                 (400, 401, 404, 413)),
+        "get": ("List batches", None, 200, "BatchList", (400, 401)),
+    },
+    "/batches/{batch_id}": {"get": ("Get a batch", None, 200, "BatchResponse", (401, 404))},
+    "/batches/{batch_id}/cancel": {"post": ("Cancel a batch", None, 200, "BatchResponse", (401, 404, 409))},
+    "/batches/{batch_id}/results": {"get": ("A batch's results, JSONL in input order", None, 200, None, (401, 404))},
+    "/batches/{batch_id}/errors": {"get": ("A batch's failed lines, JSONL", None, 200, None, (401, 404))},
+    "/batches/{batch_id}/retry": {"post": ("A new batch of the failed lines", None, 202, "BatchResponse",
+                                           (401, 404, 409))},
+    "/batches/{batch_id}/deliveries": {"get": ("A batch's webhook delivery attempts", None, 200, "DeliveryList",
+                                               (401, 404))},
+    "/batch": {"post": ("Submit a batch (the seeds' shape)", "BatchRequest", 202, "SeedBatchResponse",
+                        (400, 401, 404, 413))},
+    "/batch/{batch_id}": {"get": ("A batch's status (the seeds' shape)", None, 200, "SeedBatchStatus", (401, 404))},
+    "/v1/files": {"post": ("Upload a file (OpenAI; multipart file + purpose=batch)", None, 200, None,
+                           (400, 401, 413))},
+    "/v1/files/{file_id}": {"get": ("A file object (OpenAI)", None, 200, None, (401, 404)),
+                            "delete": ("Delete a file (OpenAI)", None, 200, None, (401, 404))},
+    "/v1/files/{file_id}/content": {"get": ("A file's content (OpenAI)", None, 200, None, (401, 404))},
+    "/v1/batches": {"post": ("Create a batch (OpenAI)", None, 200, None, (400, 401, 404)),
+                    "get": ("List batches (OpenAI)", None, 200, None, (401,))},
+    "/v1/batches/{batch_id}": {"get": ("Get a batch (OpenAI)", None, 200, None, (401, 404))},
+    "/v1/batches/{batch_id}/cancel": {"post": ("Cancel a batch (OpenAI)", None, 200, None, (401, 404, 409))},
     "/health": {"get": ("Health", None, 200, "HealthResponse", ())},
     "/ready": {"get": ("Readiness", None, 200, "HealthResponse", (503,))},
 }
@@ -49,7 +76,7 @@ def build_spec() -> dict:
     for name in ("JobRequest", "JobResponse", "JobList", "ErrorResponse", "ModelResponse", "ModelList",
                  "ModelValidation", "HealthResponse"):
         spec.components.schema(name, schema=getattr(schemas, name))
-    for name, schema in delivery_schemas.items():
+    for name, schema in {**delivery_schemas, **batch_schemas}.items():
         spec.components.schema(name, schema=schema)
     for path, methods in ROUTES.items():
         operations = {}

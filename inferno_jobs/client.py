@@ -65,3 +65,65 @@ class Client:
     def run(self, type: str, model: str, input: dict, timeout_s: float = 300, **fields) -> dict:
         """Submit and wait: the finished job."""
         return self.wait(self.submit(type, model, input, **fields)["id"], timeout_s=timeout_s)
+
+    # -- batches ---------------------------------------------------------------------------------------------
+
+    def submit_batch(self, path: str, model: str, *, type: str | None = None, priority: str = "normal",
+                     params: dict | None = None, webhook_url: str | None = None, dry_run: bool = False) -> dict:
+        """Upload a prompt file as a batch; returns the batch (or, with ``dry_run``, the validation report)."""
+        import json
+        from pathlib import Path
+
+        form = {"model": model, "priority": priority}
+        if type:
+            form["type"] = type
+        if params:
+            form["params"] = json.dumps(params)
+        if webhook_url:
+            form["webhook_url"] = webhook_url
+        with open(path, "rb") as f:
+            return self._call("POST", "/batches", params={"dry_run": "true"} if dry_run else None, data=form,
+                              files={"file": (Path(path).name, f)})
+
+    def get_batch(self, batch_id: str) -> dict:
+        """The batch object."""
+        return self._call("GET", f"/batches/{batch_id}")
+
+    def list_batches(self, **query) -> dict:
+        """A page of batches (``status``, ``limit``, ``cursor``)."""
+        return self._call("GET", "/batches", params={k: v for k, v in query.items() if v is not None})
+
+    def cancel_batch(self, batch_id: str) -> dict:
+        """Cancel a batch; returns it."""
+        return self._call("POST", f"/batches/{batch_id}/cancel")
+
+    def retry_batch(self, batch_id: str) -> dict:
+        """A new batch of the failed lines of ``batch_id``."""
+        return self._call("POST", f"/batches/{batch_id}/retry")
+
+    def batch_results(self, batch_id: str, errors_only: bool = False):
+        """The batch's result lines (dicts), in input order, streamed."""
+        import json
+
+        path = f"/batches/{batch_id}/{'errors' if errors_only else 'results'}"
+        with self.session.get(self.base_url + path, timeout=self.timeout_s, stream=True) as response:
+            if response.status_code >= 400:
+                self._call("GET", path)  # raises the matching error
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
+
+    def wait_batch(self, batch_id: str, timeout_s: float | None = None, poll_s: float = 0.5,
+                   on_progress=None) -> dict:
+        """Poll until the batch ends, calling ``on_progress(batch)`` after each poll; returns the batch."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            batch = self.get_batch(batch_id)
+            if on_progress:
+                on_progress(batch)
+            if batch["status"] in ("completed", "failed", "canceled"):
+                return batch
+            if deadline is not None and time.monotonic() > deadline:
+                raise Timeout(f"batch {batch_id} still {batch['status']} after {timeout_s} s",
+                              details={"batch_id": batch_id})
+            time.sleep(poll_s)

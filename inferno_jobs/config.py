@@ -41,6 +41,7 @@ class Settings:
     max_attempts: int = 3
     lease_s: int = 30
     reconcile_interval_s: int = 5
+    resend_after_s: int = 900  # a job still queued this long after its message was sent gets another message
 
     # Workers.
     worker_concurrency: int = 0  # 0: one process per core

@@ -39,6 +39,10 @@ class Keyspace:
         """Queued jobs scored by the time they expire (created_at + ttl_s)."""
         return f"{self.prefix}:deadlines:queued"
 
+    def queued_sent(self) -> str:
+        """Queued jobs scored by when their message was last sent: a lost message is sent again."""
+        return f"{self.prefix}:queued:sent"
+
     def running_leases(self) -> str:
         """Running jobs scored by the time their lease runs out."""
         return f"{self.prefix}:leases:running"

@@ -110,6 +110,7 @@ class JobStore:
             pipe.zrem(keys.queued(queue), job.id)
             pipe.zrem(keys.queued_deadlines(), job.id)
             pipe.zrem(keys.waiting(job.model), job.id)
+            pipe.zrem(keys.queued_sent(), job.id)
         if job.status is JobStatus.RUNNING:
             pipe.zadd(keys.running_leases(), {job.id: job.lease_expires_at or now()})
         elif before is JobStatus.RUNNING:
@@ -146,6 +147,7 @@ class JobStore:
                     pipe.zadd(self.keys.tenant_jobs(job.tenant), {job.id: 0})
                     pipe.zadd(self.keys.queued(queue), {job.id: seq})
                     pipe.zadd(self.keys.queued_deadlines(), {job.id: job.expires_at})
+                    pipe.zadd(self.keys.queued_sent(), {job.id: job.created_at})
                     pipe.zadd(self.keys.waiting(job.model), {job.id: PRIORITY_ORDER.index(job.priority) * 1e13 + seq})
                     if idem_key:
                         pipe.set(idem_key, json.dumps({"body_hash": idempotency[1], "job_id": job.id}),
@@ -164,6 +166,7 @@ class JobStore:
             pipe.zrem(self.keys.queued(queue), job.id)
             pipe.zrem(self.keys.queued_deadlines(), job.id)
             pipe.zrem(self.keys.waiting(job.model), job.id)
+            pipe.zrem(self.keys.queued_sent(), job.id)
             if idempotency:
                 pipe.delete(self.keys.idempotency(job.tenant, idempotency[0]))
             pipe.execute()
@@ -312,6 +315,19 @@ class JobStore:
         """Ids of queued jobs whose ``ttl_s`` has run out."""
         ids = self.redis.zrangebyscore(self.keys.queued_deadlines(), "-inf", at or now())
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    def unsent(self, older_than_s: float, at: float | None = None) -> list[str]:
+        """Ids of queued jobs whose message was sent more than ``older_than_s`` ago and that still wait.
+
+        A message can be lost when a worker dies between taking it from Redis and recording it as unacked;
+        the reconciler sends those jobs again (a duplicate message is a no-op: the claim refuses it).
+        """
+        ids = self.redis.zrangebyscore(self.keys.queued_sent(), "-inf", (at or now()) - older_than_s)
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    def mark_sent(self, job_id: str) -> None:
+        """Record that a message of a queued job was just sent (only while it is still queued)."""
+        self.redis.zadd(self.keys.queued_sent(), {job_id: now()}, xx=True)
 
     def stale_leases(self, at: float | None = None) -> list[str]:
         """Ids of running jobs whose lease ran out: their worker is gone or stuck."""

@@ -20,7 +20,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
     """A Celery app configured from ``settings`` (default: the environment)."""
     settings = settings or Settings.from_env()
     app = Celery("inferno", broker=settings.redis_url,
-                 include=["workers.tasks", "workers.delivery", "workers.model_tasks"])
+                 include=["workers.tasks", "workers.delivery", "workers.model_tasks", "workers.chunk"])
     transport = {
         # Ask for a pool's queues in the order given with -Q (high, normal, low), not round robin.
         "queue_order_strategy": "priority",
@@ -65,5 +65,15 @@ def enqueue(celery: Celery, job: Job) -> None:
 
 
 HARD_LIMIT_GRACE_S = 15
+
+RUN_BATCH_CHUNK = "inferno.run_batch_chunk"
+
+
+def enqueue_chunk(celery: Celery, batch, index: int, timeout_s: int) -> None:
+    """Send chunk ``index`` of ``batch`` (one engine call) to its model's pool queue at the batch's priority."""
+    celery.send_task(RUN_BATCH_CHUNK, args=[batch.id, index], queue=queue_name(batch.pool, batch.priority),
+                     soft_time_limit=timeout_s, time_limit=timeout_s + HARD_LIMIT_GRACE_S,
+                     headers={"request_id": batch.request_id, "batch_id": batch.id, "model": batch.model})
+
 
 app = make_celery()

@@ -3,6 +3,7 @@
 - queued jobs past ``ttl_s`` become ``expired`` (even if no message of theirs is ever consumed);
 - running jobs past ``timeout_s`` (plus the hard-limit grace) become ``timed_out``;
 - running jobs whose lease ran out (their worker died) are released and sent again;
+- queued jobs whose message went missing (``resend_after_s`` after it was sent) get another message;
 - webhook events left in the outbox (a process died before handing them over) are sent to the webhooks queue;
 - this worker's heartbeat is written for ``/health`` and ``GET /workers``.
 """
@@ -75,6 +76,15 @@ class Reconciler:
                 if released is not None:
                     self.send(released)
                     counts["resent"] += 1
+        for job_id in self.store.unsent(self.store.settings.resend_after_s, t):
+            try:
+                job = self.store.get(job_id)
+            except Exception:
+                continue
+            if job.status is JobStatus.QUEUED:
+                self.send(job)
+                self.store.mark_sent(job.id)
+                counts["resent"] += 1
         # Batches an API left validating (it died before enqueuing their chunks) fail, so every batch ends.
         BatchStore(self.store.redis, self.store.settings).sweep()
         dispatch_outbox(self.store, self.celery if self.celery is not None else _worker_celery())

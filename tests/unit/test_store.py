@@ -203,3 +203,18 @@ def test_waiting_lists_same_model_jobs_by_priority(store):
     assert store.waiting("iris", 10) == [high.id, normal.id, low.id]
     store.claim(high.id, "w:1")
     assert store.waiting("iris", 10) == [normal.id, low.id]
+
+
+def test_queued_jobs_whose_message_is_old_are_listed_for_resending(store, monkeypatch):
+    import inferno_jobs.store as store_module
+    job = new(store)
+    assert store.unsent(60, job.created_at + 30) == []
+    assert store.unsent(60, job.created_at + 61) == [job.id]
+    monkeypatch.setattr(store_module, "now", lambda: job.created_at + 100)
+    store.mark_sent(job.id)
+    assert store.unsent(60, job.created_at + 130) == []
+    assert store.unsent(60, job.created_at + 161) == [job.id]
+    store.claim(job.id, "w:1")
+    assert store.unsent(0, job.created_at + 10_000) == []
+    store.mark_sent(job.id)  # only while queued: never re-adds a job that left the queue
+    assert store.unsent(0, job.created_at + 10_000) == []

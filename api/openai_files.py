@@ -1,0 +1,124 @@
+"""``/v1/files``: OpenAI-compatible file upload (purpose ``batch``) and download.
+
+Uploaded files live in the :class:`inferno_jobs.filestore.FileStore`. A batch's output and error files are not
+stored copies: ``file-<batch id>-output`` and ``file-<batch id>-errors`` are rendered from the batch's results
+when read, in OpenAI's output-line shape.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+
+from api.batches import allow_large_upload, batch_store, file_store, limits
+from api.openai_errors import init_blueprint
+from api.openai_results import error_status, openai_body
+from api.request_context import tenant
+from inferno_jobs.batch import Batch, BatchStatus
+from inferno_jobs.batchfile import read_upload
+from inferno_jobs.batchstore import dumps
+from inferno_jobs.errors import BatchNotFound, FileNotFound, InvalidRequest
+
+bp = Blueprint("openai_files", __name__, url_prefix="/v1")
+init_blueprint(bp)
+
+_KINDS = ("output", "errors")
+
+
+def batch_file_id(batch: Batch, kind: str) -> str:
+    """The id of a batch's output (``kind="output"``) or error file."""
+    return f"file-{batch.id}-{kind}"
+
+
+def _batch_file(file_id: str) -> tuple[Batch, str] | None:
+    """``(batch, kind)`` for a batch output/error file id, None for an uploaded file's id."""
+    if not file_id.startswith("file-batch_"):
+        return None
+    batch_id, _, kind = file_id[len("file-"):].rpartition("-")
+    if kind not in _KINDS:
+        raise FileNotFound(f"file {file_id} not found")
+    try:
+        return batch_store().get(batch_id, tenant()), kind
+    except BatchNotFound:
+        raise FileNotFound(f"file {file_id} not found") from None
+
+
+def output_lines(batch: Batch, kind: str):
+    """OpenAI's batch output lines: succeeded lines (``output``) or the others (``errors``), in input order."""
+    created = int(batch.finished_at or batch.created_at)
+    for line in batch_store().lines(batch):
+        succeeded = line["status"] == "succeeded"
+        if (kind == "output") != succeeded or line["status"] == "pending":
+            continue
+        line_id = f"{batch.id}_{line['line']}"
+        out = {"id": f"batch_req_{line_id}", "custom_id": line["custom_id"], "response": None, "error": None}
+        if succeeded:
+            out["response"] = {"status_code": 200, "request_id": f"req_{line_id}",
+                               "body": openai_body(line["result"], model=batch.model, response_id=line_id,
+                                                   created=created)}
+        elif line["status"] == "canceled":
+            out["error"] = {"code": "batch_cancelled", "message": line["error"]["message"]}
+        else:
+            status, body = error_status(line["error"])
+            out["response"] = {"status_code": status, "request_id": f"req_{line_id}", "body": body}
+        yield dumps(out) + b"\n"
+
+
+@bp.post("/files")
+def upload():
+    """Upload a file (multipart: ``file``, ``purpose=batch``); answers OpenAI's file object."""
+    owner = tenant()
+    if request.mimetype != "multipart/form-data":
+        raise InvalidRequest("upload the file as multipart/form-data with 'file' and 'purpose'")
+    allow_large_upload()
+    upload_ = request.files.get("file")
+    if upload_ is None:
+        raise InvalidRequest("the 'file' part is missing", details={"field": "file"})
+    purpose = request.form.get("purpose")
+    if not purpose:
+        raise InvalidRequest("purpose is required", details={"field": "purpose"})
+    data = read_upload(upload_.stream, limits())
+    record = file_store().create(owner, upload_.filename or "upload.jsonl", purpose, data)
+    return jsonify(record.to_openai())
+
+
+@bp.get("/files/<file_id>")
+def retrieve(file_id: str):
+    """A file object (uploads, and batch output/error files)."""
+    owner = tenant()
+    found = _batch_file(file_id)
+    if found is None:
+        return jsonify(file_store().get(file_id, owner).to_openai())
+    batch, kind = found
+    size = sum(len(line) for line in output_lines(batch, kind))
+    return jsonify({"id": file_id, "object": "file", "bytes": size, "created_at": int(batch.created_at),
+                    "expires_at": None, "filename": f"{batch.id}_{kind}.jsonl", "purpose": "batch_output",
+                    "status": "processed", "status_details": None})
+
+
+@bp.get("/files/<file_id>/content")
+def content(file_id: str):
+    """A file's bytes."""
+    owner = tenant()
+    found = _batch_file(file_id)
+    if found is None:
+        return Response(file_store().content(file_id, owner), mimetype="application/octet-stream")
+    batch, kind = found
+    return Response(stream_with_context(output_lines(batch, kind)), mimetype="application/jsonl")
+
+
+@bp.delete("/files/<file_id>")
+def delete(file_id: str):
+    """Delete an uploaded file."""
+    owner = tenant()
+    if _batch_file(file_id) is not None:
+        raise InvalidRequest("a batch's output file goes when the batch leaves retention")
+    deleted = file_store().delete(file_id, owner)
+    return jsonify({"id": file_id, "object": "file", "deleted": deleted})
+
+
+def has_lines(batch: Batch, kind: str) -> bool:
+    """Whether the batch's output (or error) file has any line."""
+    if kind == "output":
+        return batch.completed > 0
+    return batch.failed > 0 or (batch.status is BatchStatus.CANCELED
+                                and batch.completed + batch.failed < batch.total)

@@ -1,0 +1,39 @@
+"""Submit rate: ``POST /jobs`` through gunicorn from 32 concurrent clients, against bare Celery
+``apply_async`` from one process, on the same Redis with nothing consuming."""
+
+from __future__ import annotations
+
+from bench.baseline import QUEUE, producer_rate
+from bench.client import post_many
+from bench.report import Row
+
+IRIS_JOB = {"type": "predict", "model": "iris", "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}}
+CLIENTS = 32
+
+
+def run(ctx) -> list[Row]:
+    stack = ctx.stack
+    stack.stop_worker()  # nothing consumes: this measures accepting jobs only
+    stack.reset()
+    stack.start_api()
+    total = 1500 if ctx.quick else 6000
+    post_many(stack.api_port, "/jobs", lambda i: IRIS_JOB, 300, CLIENTS)  # warm every gunicorn worker
+    loaded = post_many(stack.api_port, "/jobs", lambda i: IRIS_JOB, total, CLIENTS)
+    bad = {s: n for s, n in loaded.statuses.items() if s != 202}
+    stack.reset()
+    single = post_many(stack.api_port, "/jobs", lambda i: IRIS_JOB, 300 if ctx.quick else 1000, 1)
+    stack.reset()
+    bare = producer_rate(stack.redis_server.url, total)
+    stack.reset(QUEUE)
+    note = f"{CLIENTS} clients, gunicorn {stack.api_workers} workers x 4 threads"
+    if bad:
+        note += f"; non-202 answers: {bad}"
+    return [
+        Row("submit", "POST /jobs rate vs apply_async", loaded.rate, "jobs/s", baseline=bare, target=1.0, note=note),
+        Row("submit", f"POST /jobs p50, {CLIENTS} clients", loaded.percentile(0.50), "ms"),
+        Row("submit", f"POST /jobs p99, {CLIENTS} clients", loaded.percentile(0.99), "ms", target=25,
+            higher_is_better=False),
+        Row("submit", "POST /jobs p50, 1 client", single.percentile(0.50), "ms",
+            note=f"{single.rate:.0f} jobs/s from one connection"),
+        Row("submit", "POST /jobs p99, 1 client", single.percentile(0.99), "ms"),
+    ]

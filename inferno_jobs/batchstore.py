@@ -1,0 +1,406 @@
+"""The Redis batch store: batch records, their requests, per-line results and chunk bookkeeping.
+
+A batch is a few keys, not one job record per line (docs/batches.md):
+
+- ``batch:<id>`` a hash: ``meta`` (JSON, never changes), ``status``, ``completed``, ``failed``, ``chunks``, times;
+- ``batch:<id>:items`` item index -> ``{"l": line, "c": custom_id, "i": input or null}``;
+- ``batch:<id>:results`` item index -> ``S<result JSON>`` or ``F<error JSON>``: the JSON is spliced into the
+  results file as it is, never parsed again;
+- ``batch:<id>:chunks`` chunk index -> the item indexes one engine call runs; ``batch:<id>:done`` finished chunks.
+
+A chunk's results, the counters, the chunk's "done" mark and, for the last chunk, the final status and its webhook
+event are written by one Lua script: a chunk delivered twice (at-least-once) writes nothing the second time, and
+results are ``HSETNX`` so a line is never counted twice. Results are encoded with ``orjson`` when it is
+installed: for embeddings, JSON float formatting would otherwise cost more than the model call.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterator
+
+import redis
+
+from inferno_jobs.batch import BATCH_EVENT_FOR_STATUS, Batch, BatchStatus, check_transition
+from inferno_jobs.batchfile import Line
+from inferno_jobs.config import Settings
+from inferno_jobs.errors import BatchNotFound, Conflict
+from inferno_jobs.job import new_id, now
+from inferno_jobs.keyspace import Keyspace
+
+# Mark a chunk started; moves the batch to running. 0: do not run it (done already, or the batch ended).
+try:  # about ten times faster than json for float lists (embeddings, probabilities)
+    import orjson
+
+    def dumps(value: Any) -> bytes:
+        """Compact JSON bytes."""
+        return orjson.dumps(value)
+
+    loads = orjson.loads
+except ImportError:  # pragma: no cover - orjson is in install_requires; json keeps working without it
+    def dumps(value: Any) -> bytes:
+        """Compact JSON bytes."""
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    loads = json.loads
+
+_START = """
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'running' then return 1 end
+if status == 'validating' or status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# Store one chunk's outcomes once; the last chunk ends the batch (completed if any line succeeded) and queues
+# its webhook event. KEYS: batch, results, done, outbox, live, items, chunks.
+# ARGV: chunk, now, retention_s, completed event, failed event, batch id, n, then n x (item, S|F + JSON).
+_FINISH = """
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local ok, bad = 0, 0
+local n = tonumber(ARGV[7])
+for i = 0, n - 1 do
+  local base = 8 + i * 2
+  if redis.call('HSETNX', KEYS[2], ARGV[base], ARGV[base + 1]) == 1 then
+    if string.sub(ARGV[base + 1], 1, 1) == 'S' then ok = ok + 1 else bad = bad + 1 end
+  end
+end
+if ok > 0 then redis.call('HINCRBY', KEYS[1], 'completed', ok) end
+if bad > 0 then redis.call('HINCRBY', KEYS[1], 'failed', bad) end
+redis.call('SADD', KEYS[3], ARGV[1])
+if redis.call('SCARD', KEYS[3]) < tonumber(redis.call('HGET', KEYS[1], 'chunks')) then return 1 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'validating' and status ~= 'queued' and status ~= 'running' then return 1 end
+local final, event = 'failed', ARGV[5]
+if tonumber(redis.call('HGET', KEYS[1], 'completed')) > 0 then final, event = 'completed', ARGV[4] end
+redis.call('HSET', KEYS[1], 'status', final, 'finished_at', ARGV[2])
+if event ~= '' then redis.call('LPUSH', KEYS[4], event) end
+redis.call('ZREM', KEYS[5], ARGV[6])
+for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[7]}) do redis.call('EXPIRE', key, ARGV[3]) end
+return 2
+"""
+
+
+_CANCELED = {"code": "CANCELED", "message": "the batch was canceled before this line ran"}
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class BatchStore:
+    """Creates, reads and advances batches in Redis."""
+
+    def __init__(self, client: redis.Redis, settings: Settings):
+        self.redis = client
+        self.settings = settings
+        self.keys = Keyspace(settings.key_prefix)
+        self._start = client.register_script(_START)
+        self._finish = client.register_script(_FINISH)
+
+    def _batch_keys(self, batch_id: str) -> list[str]:
+        k = self.keys
+        return [k.batch(batch_id), k.batch_items(batch_id), k.batch_results(batch_id), k.batch_chunks(batch_id),
+                k.batch_done(batch_id)]
+
+    def _event(self, batch: Batch, status: BatchStatus) -> str:
+        """The outbox event of ``batch`` ending ``status`` ("" when its webhook did not ask for it)."""
+        event = BATCH_EVENT_FOR_STATUS[status]
+        if not batch.webhook or event not in (batch.webhook.get("events") or [event]):
+            return ""
+        return json.dumps({"id": new_id("msg"), "type": event, "batch_id": batch.id, "timestamp": now()})
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    def get(self, batch_id: str, tenant: str | None = None) -> Batch:
+        """The batch ``batch_id``; another tenant's batch raises :class:`BatchNotFound` as if it did not exist."""
+        raw = self.redis.hgetall(self.keys.batch(batch_id)) if isinstance(batch_id, str) else None
+        if not raw:
+            raise BatchNotFound(f"batch {batch_id} not found")
+        batch = Batch.from_hash(batch_id, raw)
+        if tenant is not None and batch.tenant != tenant:
+            raise BatchNotFound(f"batch {batch_id} not found")
+        return batch
+
+    def list(self, tenant: str, *, status: str | None = None, limit: int = 20,
+             cursor: str | None = None) -> tuple[list[Batch], str | None]:
+        """A tenant's batches, newest first; returns a page and the next page's cursor (or None)."""
+        index = self.keys.tenant_batches(tenant)
+        upper = f"({cursor}" if cursor else "+"
+        page: list[Batch] = []
+        while len(page) < limit:
+            ids = [_text(i) for i in self.redis.zrevrangebylex(index, upper, "-", start=0, num=max(limit * 2, 50))]
+            if not ids:
+                return page, None
+            with self.redis.pipeline(transaction=False) as pipe:
+                for batch_id in ids:
+                    pipe.hgetall(self.keys.batch(batch_id))
+                raws = pipe.execute()
+            gone = []
+            for batch_id, raw in zip(ids, raws):
+                upper = f"({batch_id}"
+                if not raw:
+                    gone.append(batch_id)
+                    continue
+                batch = Batch.from_hash(batch_id, raw)
+                if status and batch.status.value != status:
+                    continue
+                page.append(batch)
+                if len(page) == limit:
+                    break
+            if gone:  # batches past retention leave their index entries behind
+                self.redis.zrem(index, *gone)
+        more = self.redis.zrevrangebylex(index, upper, "-", start=0, num=1)
+        return page, (page[-1].id if more else None)
+
+    def chunk(self, batch_id: str, index: int) -> list[tuple[int, dict]]:
+        """``[(item, input)]`` of one chunk."""
+        raw = self.redis.hget(self.keys.batch_chunks(batch_id), index)
+        if raw is None:
+            return []
+        items = json.loads(raw)
+        raws = self.redis.hmget(self.keys.batch_items(batch_id), items) if items else []
+        return [(item, loads(r)["i"]) for item, r in zip(items, raws) if r is not None]
+
+    def lines(self, batch: Batch, *, only_failed: bool = False, page: int = 1000) -> Iterator[dict]:
+        """The results, one per request in input order: ``{custom_id, line, status, result | error}``.
+
+        Lines not run yet are ``pending``; in a canceled batch, lines that never ran are ``canceled``.
+        """
+        for start in range(0, batch.total, page):
+            items = list(range(start, min(batch.total, start + page)))
+            metas = self.redis.hmget(self.keys.batch_items(batch.id), items)
+            outcomes = self.redis.hmget(self.keys.batch_results(batch.id), items)
+            for meta, outcome in zip(metas, outcomes):
+                if meta is None:  # the batch left retention while being read
+                    return
+                meta = loads(meta)
+                line = {"custom_id": meta["c"], "line": meta["l"]}
+                if outcome is not None:
+                    line["status"] = "succeeded" if outcome[:1] == b"S" else "failed"
+                    line["result" if outcome[:1] == b"S" else "error"] = loads(outcome[1:])
+                elif batch.status is BatchStatus.CANCELED:
+                    line["status"], line["error"] = "canceled", _CANCELED
+                else:
+                    line["status"] = "pending"
+                if only_failed and line["status"] != "failed":
+                    continue
+                yield line
+
+    def jsonl(self, batch: Batch, *, only_failed: bool = False, page: int = 1000) -> Iterator[bytes]:
+        """:meth:`lines` as JSONL bytes; stored results are spliced in without being parsed again."""
+        for start in range(0, batch.total, page):
+            items = list(range(start, min(batch.total, start + page)))
+            metas = self.redis.hmget(self.keys.batch_items(batch.id), items)
+            outcomes = self.redis.hmget(self.keys.batch_results(batch.id), items)
+            out, gone = [], False
+            for meta, outcome in zip(metas, outcomes):
+                if meta is None:  # the batch left retention while being read
+                    gone = True
+                    break
+                meta = loads(meta)
+                head = {"custom_id": meta["c"], "line": meta["l"]}
+                if outcome is not None:
+                    ok = outcome[:1] == b"S"
+                    if only_failed and ok:
+                        continue
+                    head["status"] = "succeeded" if ok else "failed"
+                    out.append(dumps(head)[:-1] + (b',"result":' if ok else b',"error":') + outcome[1:] + b"}\n")
+                    continue
+                if only_failed:
+                    continue
+                if batch.status is BatchStatus.CANCELED:
+                    head["status"], head["error"] = "canceled", _CANCELED
+                else:
+                    head["status"] = "pending"
+                out.append(dumps(head) + b"\n")
+            yield b"".join(out)
+            if gone:
+                return
+
+    def failed_requests(self, batch: Batch) -> tuple[list[Line], int]:
+        """The failed lines that can run again (as :class:`Line` with their input) and how many failed
+        validation (those would fail the same way, so a retry leaves them out)."""
+        retry, invalid = [], 0
+        for start in range(0, batch.total, 1000):
+            items = list(range(start, min(batch.total, start + 1000)))
+            metas = self.redis.hmget(self.keys.batch_items(batch.id), items)
+            outcomes = self.redis.hmget(self.keys.batch_results(batch.id), items)
+            for meta, outcome in zip(metas, outcomes):
+                if meta is None or outcome is None or outcome[:1] != b"F":
+                    continue
+                meta = loads(meta)
+                if meta["i"] is None:
+                    invalid += 1
+                else:
+                    retry.append(Line(meta["l"], meta["c"], input=meta["i"]))
+        return retry, invalid
+
+    # -- writing ---------------------------------------------------------------------------------------------
+
+    def create(self, batch: Batch, lines: list[Line], chunk_size: int) -> tuple[Batch, list[int]]:
+        """Store a new batch with its requests and chunks; returns it and the chunk indexes to enqueue.
+
+        Invalid lines are stored failed at once. A batch with no valid line is stored ``failed`` (and its
+        ``batch.failed`` event queued); otherwise it is ``validating`` until :meth:`mark_queued`.
+        """
+        chunk_size = max(1, chunk_size)
+        valid = [i for i, line in enumerate(lines) if line.ok]
+        chunks = [valid[i:i + chunk_size] for i in range(0, len(valid), chunk_size)]
+        batch.total, batch.failed, batch.chunks = len(lines), len(lines) - len(valid), len(chunks)
+        t = now()
+        if not chunks:
+            batch.status, batch.finished_at = BatchStatus.FAILED, t
+            batch.errors = [{"code": "INVALID_REQUEST", "message": "no line of the batch is valid", "line": None}]
+        k = self.keys
+        live_s = self.settings.max_ttl_s + self.settings.batch_retention_s
+        expiry = self.settings.batch_retention_s if batch.status.terminal else live_s
+        with self.redis.pipeline() as pipe:
+            pipe.hset(k.batch(batch.id), mapping={
+                "meta": batch.meta_json(), "status": batch.status.value, "completed": 0, "failed": batch.failed,
+                "chunks": len(chunks), "started_at": "", "finished_at": batch.finished_at or "",
+                "errors": json.dumps(batch.errors)})
+            for start in range(0, len(lines), 5000):
+                part = lines[start:start + 5000]
+                pipe.hset(k.batch_items(batch.id), mapping={
+                    start + i: dumps({"l": l.line, "c": l.custom_id, "i": l.input}) for i, l in enumerate(part)})
+            failed = {i: b"F" + dumps(l.error) for i, l in enumerate(lines) if not l.ok}
+            if failed:
+                pipe.hset(k.batch_results(batch.id), mapping=failed)
+            if chunks:
+                pipe.hset(k.batch_chunks(batch.id), mapping={i: json.dumps(c) for i, c in enumerate(chunks)})
+                pipe.zadd(k.live_batches(), {batch.id: batch.created_at})
+            else:
+                event = self._event(batch, BatchStatus.FAILED)
+                if event:
+                    pipe.lpush(k.outbox(), event)
+            pipe.zadd(k.tenant_batches(batch.tenant), {batch.id: 0})
+            for key in self._batch_keys(batch.id):
+                pipe.expire(key, expiry)
+            pipe.execute()
+        return batch, list(range(len(chunks)))
+
+    def discard(self, batch: Batch) -> None:
+        """Remove a batch that was never accepted (its chunks could not be enqueued)."""
+        with self.redis.pipeline() as pipe:
+            pipe.delete(*self._batch_keys(batch.id))
+            pipe.zrem(self.keys.tenant_batches(batch.tenant), batch.id)
+            pipe.zrem(self.keys.live_batches(), batch.id)
+            pipe.execute()
+
+    def _mutate(self, batch_id: str, change: Callable[[Batch], BatchStatus | None], tenant: str | None = None,
+                ) -> Batch:
+        """Apply a status move decided by ``change`` under WATCH/MULTI (None: nothing to write)."""
+        key = self.keys.batch(batch_id)
+        while True:
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.hgetall(key)
+                    if not raw:
+                        raise BatchNotFound(f"batch {batch_id} not found")
+                    batch = Batch.from_hash(batch_id, raw)
+                    if tenant is not None and batch.tenant != tenant:
+                        raise BatchNotFound(f"batch {batch_id} not found")
+                    to = change(batch)
+                    if to is None:
+                        pipe.unwatch()
+                        return batch
+                    check_transition(batch_id, batch.status, to)
+                    batch.status = to
+                    pipe.multi()
+                    pipe.hset(key, "status", to.value)
+                    if to.terminal:
+                        batch.finished_at = now()
+                        pipe.hset(key, "finished_at", batch.finished_at)
+                        pipe.zrem(self.keys.live_batches(), batch_id)
+                        event = self._event(batch, to)
+                        if event:
+                            pipe.lpush(self.keys.outbox(), event)
+                        for k in self._batch_keys(batch_id):
+                            pipe.expire(k, self.settings.batch_retention_s)
+                    pipe.execute()
+                    return batch
+                except redis.WatchError:
+                    continue
+
+    def mark_queued(self, batch_id: str) -> Batch:
+        """``validating -> queued`` once every chunk is enqueued (a worker may already have made it running)."""
+        return self._mutate(batch_id, lambda b: BatchStatus.QUEUED if b.status is BatchStatus.VALIDATING else None)
+
+    def cancel(self, batch_id: str, tenant: str | None = None) -> Batch:
+        """Cancel a batch: chunks not started never run; finished results stay. 409 if it already ended."""
+        def change(batch: Batch):
+            if batch.status.terminal:
+                raise Conflict(f"batch {batch_id} is already {batch.status.value}",
+                               details={"status": batch.status.value})
+            return BatchStatus.CANCELED
+        return self._mutate(batch_id, change, tenant)
+
+    def start_chunk(self, batch_id: str, index: int) -> bool:
+        """Whether chunk ``index`` should run now (False: it is done already or the batch ended)."""
+        k = self.keys
+        return bool(self._start(keys=[k.batch(batch_id), k.batch_done(batch_id)], args=[index, now()]))
+
+    def finish_chunk(self, batch_id: str, index: int, outcomes: list[tuple[int, dict | None, dict | None]]) -> int:
+        """Store chunk ``index``'s outcomes ``[(item, result, error)]`` once.
+
+        Returns 0 if the chunk was stored before (a redelivery), 1 if stored, 2 if it also ended the batch,
+        -1 if the batch is gone.
+        """
+        batch = self.get(batch_id)
+        k = self.keys
+        args: list = [index, now(), self.settings.batch_retention_s, self._event(batch, BatchStatus.COMPLETED),
+                      self._event(batch, BatchStatus.FAILED), batch_id, len(outcomes)]
+        for item, result, error in outcomes:
+            args += [item, b"S" + dumps(result) if error is None else b"F" + dumps(error)]
+        keys = [k.batch(batch_id), k.batch_results(batch_id), k.batch_done(batch_id), k.outbox(),
+                k.live_batches(), k.batch_items(batch_id), k.batch_chunks(batch_id)]
+        return int(self._finish(keys=keys, args=args))
+
+    def fail_chunk(self, batch_id: str, index: int, error: dict) -> int:
+        """Store every line of chunk ``index`` as failed with ``error`` (its engine call was never made)."""
+        return self.finish_chunk(batch_id, index, [(item, None, error) for item, _ in self.chunk(batch_id, index)])
+
+    def sweep(self) -> int:
+        """Fail batches left ``validating`` past ``batch_validating_timeout_s`` (the API that took them died
+        before enqueuing); returns how many. Called by the reconciler."""
+        cutoff = now() - self.settings.batch_validating_timeout_s
+        swept = 0
+        for batch_id in [_text(i) for i in self.redis.zrangebyscore(self.keys.live_batches(), "-inf", cutoff)]:
+            try:
+                batch = self.get(batch_id)
+            except BatchNotFound:
+                self.redis.zrem(self.keys.live_batches(), batch_id)
+                continue
+            if batch.status is not BatchStatus.VALIDATING:
+                continue
+            error = {"code": "INTERNAL_ERROR", "message": "the batch was never queued (its API process stopped)"}
+            for index in range(batch.chunks):
+                self.fail_chunk(batch_id, index, error)
+            swept += 1
+        return swept
+
+
+def batch_target(settings: Settings, client: redis.Redis):
+    """The webhook target of a batch event (see :class:`inferno_jobs.delivery.Deliverer`)."""
+    from inferno_jobs.delivery import Target
+
+    store = BatchStore(client, settings)
+
+    def load(batch_id: str):
+        try:
+            batch = store.get(batch_id)
+        except BatchNotFound:
+            return None
+        if not batch.webhook or not batch.webhook.get("url"):
+            return None
+        return Target(batch.tenant, batch.webhook["url"], batch.to_api(), settings.batch_retention_s)
+    return load
+
+
+__all__ = ["BatchStore", "batch_target"]

@@ -1,0 +1,105 @@
+"""Uploaded files (prompt files for batches): stored where every API replica and worker can read them.
+
+:class:`FileStore` is the interface; :class:`RedisFileStore`, the default, keeps each file in the deployment's
+Redis as one hash (``meta`` JSON + ``data`` bytes) that expires ``file_retention_s`` after upload. Files are at
+most ``batch_max_file_bytes``; a tenant sees only its own files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import redis
+
+from inferno_jobs.config import Settings
+from inferno_jobs.errors import FileNotFound, InvalidRequest
+from inferno_jobs.job import new_id, now
+from inferno_jobs.keyspace import Keyspace
+
+PURPOSES = ("batch",)
+
+
+@dataclass
+class StoredFile:
+    """A file's metadata (OpenAI's file object fields)."""
+
+    id: str
+    tenant: str
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: float
+    expires_at: float
+
+    def to_openai(self) -> dict:
+        """OpenAI's file object."""
+        return {"id": self.id, "object": "file", "bytes": self.bytes, "created_at": int(self.created_at),
+                "expires_at": int(self.expires_at), "filename": self.filename, "purpose": self.purpose,
+                "status": "processed", "status_details": None}
+
+
+class FileStore:
+    """Where uploaded files live. Subclasses store bytes; this class fixes the interface."""
+
+    def create(self, tenant: str, filename: str, purpose: str, data: bytes) -> StoredFile:
+        """Store ``data``; returns its metadata."""
+        raise NotImplementedError
+
+    def get(self, file_id: str, tenant: str | None = None) -> StoredFile:
+        """A file's metadata; another tenant's file raises :class:`FileNotFound` as if it did not exist."""
+        raise NotImplementedError
+
+    def content(self, file_id: str, tenant: str | None = None) -> bytes:
+        """A file's bytes."""
+        raise NotImplementedError
+
+    def delete(self, file_id: str, tenant: str | None = None) -> bool:
+        """Remove a file; True if it existed."""
+        raise NotImplementedError
+
+
+class RedisFileStore(FileStore):
+    """Files in Redis, each expiring ``file_retention_s`` after upload."""
+
+    def __init__(self, client: redis.Redis, settings: Settings):
+        self.redis = client
+        self.settings = settings
+        self.keys = Keyspace(settings.key_prefix)
+
+    def create(self, tenant: str, filename: str, purpose: str, data: bytes) -> StoredFile:
+        if purpose not in PURPOSES:
+            raise InvalidRequest(f"purpose must be one of {', '.join(PURPOSES)}", details={"field": "purpose"})
+        t = now()
+        record = StoredFile(id=new_id("file"), tenant=tenant, filename=filename or "upload", purpose=purpose,
+                            bytes=len(data), created_at=t, expires_at=t + self.settings.file_retention_s)
+        key = self.keys.file(record.id)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, mapping={"meta": json.dumps(asdict(record)), "data": data})
+            pipe.expire(key, self.settings.file_retention_s)
+            pipe.zadd(self.keys.tenant_files(tenant), {record.id: 0})
+            pipe.execute()
+        return record
+
+    def get(self, file_id: str, tenant: str | None = None) -> StoredFile:
+        raw = self.redis.hget(self.keys.file(file_id), "meta")
+        if raw is None:
+            raise FileNotFound(f"file {file_id} not found")
+        record = StoredFile(**json.loads(raw))
+        if tenant is not None and record.tenant != tenant:
+            raise FileNotFound(f"file {file_id} not found")
+        return record
+
+    def content(self, file_id: str, tenant: str | None = None) -> bytes:
+        self.get(file_id, tenant)
+        data = self.redis.hget(self.keys.file(file_id), "data")
+        if data is None:
+            raise FileNotFound(f"file {file_id} not found")
+        return data
+
+    def delete(self, file_id: str, tenant: str | None = None) -> bool:
+        record = self.get(file_id, tenant)
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self.keys.file(file_id))
+            pipe.zrem(self.keys.tenant_files(record.tenant), file_id)
+            return bool(pipe.execute()[0])

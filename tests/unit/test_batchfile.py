@@ -1,0 +1,197 @@
+"""Reading prompt files: every format, per-line errors with their line numbers, and the file-wide limits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from inferno_jobs.batchfile import Limits, Reader, detect_format
+from inferno_jobs.errors import InvalidRequest, PayloadTooLarge
+from inferno_jobs.job import JobType
+from inferno_jobs.model import ModelRepository
+
+LIMITS = Limits(max_file_bytes=1 << 20, max_lines=1000, max_line_bytes=4096)
+
+
+def reader(job_type=JobType.COMPLETION, **kw):
+    return Reader(job_type, limits=kw.pop("limits", LIMITS), **kw)
+
+
+def jsonl(*objs) -> bytes:
+    return "\n".join(o if isinstance(o, str) else json.dumps(o) for o in objs).encode() + b"\n"
+
+
+def by_line(parsed):
+    return {l.line: l for l in parsed.lines}
+
+
+def test_native_jsonl_lines_become_job_inputs_with_their_params():
+    parsed = reader().file(jsonl({"custom_id": "a", "prompt": "Once upon", "max_tokens": 5, "temperature": 0.2},
+                                 {"custom_id": "b", "messages": [{"role": "user", "content": "hi"}]}), "p.jsonl")
+    assert parsed.format == "jsonl" and parsed.valid == 2 and parsed.invalid == 0
+    a, b = parsed.lines
+    assert (a.line, a.custom_id, a.input["prompt"], a.input["max_tokens"], a.input["temperature"]) == \
+        (1, "a", "Once upon", 5, 0.2)
+    assert b.input["messages"] == [{"role": "user", "content": "hi"}]  # messages in a completion batch: chat
+
+
+def test_batch_params_apply_to_every_line_and_a_line_overrides_them():
+    parsed = reader(params={"max_tokens": 7}).file(jsonl({"prompt": "x"}, {"prompt": "y", "max_tokens": 3}))
+    assert [l.input["max_tokens"] for l in parsed.lines] == [7, 3]
+    assert [l.custom_id for l in parsed.lines] == ["line-1", "line-2"]  # no custom_id: the line number
+
+
+def test_bad_batch_params_are_the_requests_error_not_every_lines():
+    with pytest.raises(InvalidRequest, match="temperature"):
+        reader(params={"temperature": 9})
+    with pytest.raises(InvalidRequest, match="no params"):
+        reader(JobType.EMBEDDING, params={"max_tokens": 3})
+
+
+def test_mixed_good_and_bad_lines_fail_alone_with_exact_line_numbers_and_reasons():
+    data = jsonl({"custom_id": "ok1", "prompt": "fine"},
+                 '{"custom_id": "broken", "prompt": ',                       # 2: broken JSON
+                 {"custom_id": "noprompt", "max_tokens": 3},                 # 3: no prompt
+                 "",                                                         # 4: blank, skipped
+                 {"custom_id": "hot", "prompt": "x", "temperature": 3},      # 5: bad parameter
+                 {"custom_id": "typo", "prompt": "x", "max_tokenz": 3},      # 6: unknown parameter
+                 {"custom_id": "ok1", "prompt": "dup"},                      # 7: duplicate custom_id
+                 "[1, 2]",                                                   # 8: not an object
+                 {"custom_id": "ok2", "prompt": "fine too"})                 # 9
+    parsed = reader().file(data, "mixed.jsonl")
+    lines = by_line(parsed)
+    assert sorted(lines) == [1, 2, 3, 5, 6, 7, 8, 9]
+    assert lines[1].ok and lines[9].ok and parsed.valid == 2 and parsed.invalid == 6
+    assert "not valid JSON" in lines[2].error["message"] and lines[2].custom_id == "line-2"
+    assert lines[3].error == {"code": "INVALID_REQUEST", "message": "the line has no prompt (or messages)"}
+    assert lines[3].custom_id == "noprompt"
+    assert lines[5].error["message"].startswith("temperature:")
+    assert "max_tokenz" in lines[6].error["message"]
+    assert lines[7].error["message"] == "duplicate custom_id 'ok1' (first used on line 1)"
+    assert lines[8].error["message"] == "the line must be a JSON object"
+    assert [e["line"] for e in parsed.errors()] == [2, 3, 5, 6, 7, 8]
+
+
+def test_invalid_utf8_fails_only_its_line():
+    data = jsonl({"prompt": "before"}) + b'{"prompt": "caf\xe9"}\n' + jsonl({"prompt": "after"})
+    lines = by_line(reader().file(data, "p.jsonl"))
+    assert lines[1].ok and lines[3].ok
+    assert lines[2].error == {"code": "INVALID_REQUEST",
+                              "message": "the line is not valid UTF-8 (byte 0xe9 at position 15)"}
+
+
+def test_a_huge_line_fails_alone_without_being_parsed():
+    data = jsonl({"prompt": "a"}, {"prompt": "x" * 10_000}, {"prompt": "c"})
+    lines = by_line(reader().file(data, "p.jsonl"))
+    assert lines[1].ok and lines[3].ok
+    assert lines[2].error["code"] == "PAYLOAD_TOO_LARGE"
+    assert "the line is 10,014 bytes; the limit is 4,096" in lines[2].error["message"]
+
+
+def test_an_embedding_text_over_8000_characters_fails_its_line():
+    limits = Limits(1 << 20, 1000, 1 << 20)
+    lines = reader(JobType.EMBEDDING, limits=limits).file(jsonl({"input": "ok"}, {"input": "y" * 8001})).lines
+    assert lines[0].ok and "longer than 8000" in lines[1].error["message"]
+
+
+def test_openai_batch_lines():
+    data = jsonl(
+        {"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "tiny-gpt", "messages": [{"role": "developer", "content": "be brief"},
+                                                    {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                  "max_completion_tokens": 9, "user": "u1", "n": 1}},
+        {"custom_id": "c2", "method": "POST", "url": "/v1/completions",
+         "body": {"model": "tiny-gpt", "prompt": "Once", "max_tokens": 4}},
+        {"custom_id": "c3", "method": "GET", "url": "/v1/completions", "body": {"prompt": "x"}},
+        {"custom_id": "c4", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x", "n": 3}},
+        {"custom_id": "c5", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}},
+    )
+    lines = reader().file(data, "openai.jsonl").lines
+    assert lines[0].input["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    assert lines[0].input["max_tokens"] == 9 and lines[0].model == "tiny-gpt"
+    assert lines[1].input["prompt"] == "Once" and lines[1].input["max_tokens"] == 4
+    assert lines[2].error["message"] == "method must be POST"
+    assert lines[3].error["message"] == "body.n=3 is not supported"
+    assert "runs embedding requests" in lines[4].error["message"]
+
+
+def test_openai_lines_of_another_endpoint_fail_in_a_v1_batch():
+    data = jsonl({"custom_id": "e1", "method": "POST", "url": "/v1/embeddings", "body": {"model": "m", "input": "a"}},
+                 {"custom_id": "e2", "method": "POST", "url": "/v1/completions", "body": {"prompt": "a"}},
+                 {"custom_id": "e3", "input": "native"})
+    lines = reader(JobType.EMBEDDING, endpoint="/v1/embeddings").file(data).lines
+    assert lines[0].ok and lines[0].input == {"input": "a"}
+    assert "not this batch's endpoint" in lines[1].error["message"]
+    assert lines[2].error["message"] == "a /v1/batches line needs method, url and body"
+
+
+def test_txt_one_prompt_per_line():
+    parsed = reader().file(b"first prompt\r\n\nsecond prompt\n\xff\xfe bad\n", "prompts.txt")
+    assert parsed.format == "txt"
+    lines = by_line(parsed)
+    assert lines[1].input["prompt"] == "first prompt" and lines[3].input["prompt"] == "second prompt"
+    assert lines[1].custom_id == "line-1" and "UTF-8" in lines[4].error["message"]
+
+
+def test_txt_lines_in_an_embedding_batch_are_inputs():
+    lines = reader(JobType.EMBEDDING).file(b"alpha\nbeta\n", "t.txt").lines
+    assert [l.input for l in lines] == [{"input": "alpha"}, {"input": "beta"}]
+
+
+def test_csv_with_prompt_or_text_column_and_custom_ids():
+    data = b'custom_id,prompt,label\nq1,"Hello, world",x\nq2,"multi\nline",y\nq3,,z\n'
+    lines = by_line(reader().file(data, "p.csv"))
+    assert lines[2].custom_id == "q1" and lines[2].input["prompt"] == "Hello, world"
+    assert lines[3].input["prompt"] == "multi\nline"  # a quoted newline: the row starts on line 3
+    assert lines[5].custom_id == "q3" and "prompt" in lines[5].error["message"]
+    text = reader(JobType.EMBEDDING).file(b"text\none\ntwo\n", "t.csv").lines
+    assert [l.input for l in text] == [{"input": "one"}, {"input": "two"}]
+
+
+def test_csv_without_a_prompt_column_is_refused():
+    with pytest.raises(InvalidRequest, match="prompt"):
+        reader().file(b"a,b\n1,2\n", "x.csv")
+
+
+def test_csv_rows_of_a_predict_batch_are_feature_rows(model_dir):
+    iris = ModelRepository(model_dir).get("iris")
+    data = b"id,a,b,c,d\nr1,5.1,3.5,1.4,0.2\nr2,5.1,oops,1.4,0.2\n"
+    lines = reader(JobType.PREDICT, model=iris).file(data, "rows.csv").lines
+    assert lines[0].input == {"features": [[5.1, 3.5, 1.4, 0.2]]} and lines[0].custom_id == "r1"
+    assert lines[1].error["message"] == "every feature column must be a number"
+
+
+def test_predict_lines_are_checked_against_the_models_feature_count(model_dir):
+    iris = ModelRepository(model_dir).get("iris")
+    lines = reader(JobType.PREDICT, model=iris).file(jsonl({"features": [1, 2, 3, 4]}, {"features": [[1, 2]]})).lines
+    assert lines[0].input == {"features": [[1.0, 2.0, 3.0, 4.0]]}
+    assert "4 features, got 2" in lines[1].error["message"]
+
+
+def test_json_requests_list_uses_id_as_custom_id():
+    parsed = reader().requests([{"id": "req1", "prompt": "What is AI?"}, {"id": "req2"}])
+    assert parsed.lines[0].custom_id == "req1" and parsed.lines[0].ok
+    assert parsed.lines[1].line == 2 and not parsed.lines[1].ok
+
+
+def test_limits_answer_413_with_a_clear_message():
+    with pytest.raises(PayloadTooLarge, match="INFERNO_BATCH_MAX_FILE_BYTES") as big:
+        reader(limits=Limits(100, 1000, 4096)).file(b"x" * 101, "p.txt")
+    assert big.value.status == 413 and "101 bytes; the limit is 100 bytes" in big.value.message
+    with pytest.raises(PayloadTooLarge, match="3 requests; the limit is 2 .INFERNO_BATCH_MAX_LINES."):
+        reader(limits=Limits(1 << 20, 2, 4096)).file(b"a\nb\n\nc\n", "p.txt")
+    with pytest.raises(PayloadTooLarge):
+        reader(limits=Limits(1 << 20, 2, 4096)).requests([{"prompt": "a"}] * 3)
+    with pytest.raises(PayloadTooLarge):
+        reader(limits=Limits(1 << 20, 2, 4096)).file(b"prompt\na\nb\nc\n", "p.csv")
+
+
+def test_an_empty_file_is_refused():
+    with pytest.raises(InvalidRequest, match="no requests"):
+        reader().file(b"\n\n  \n", "p.jsonl")
+
+
+def test_format_detection():
+    assert detect_format("a.jsonl", b"") == "jsonl" and detect_format("a.CSV", b"") == "csv"
+    assert detect_format(None, b'\n{"prompt": 1}') == "jsonl" and detect_format("upload", b"hello") == "txt"
