@@ -92,19 +92,28 @@ class ModelConfig:
 
 
 class ModelRepository:
-    """The models under one directory, read from disk on each lookup so new models appear without a restart."""
+    """The models under one directory. New and changed models appear without a restart: each lookup checks the
+    config file's modification time and re-reads it only when it changed (one ``stat`` per submit, not a parse)."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._cache: dict[str, tuple[int, ModelConfig]] = {}
 
     def get(self, name: str) -> ModelConfig:
         """The model called ``name``; raises :class:`ModelNotFound`."""
         if not isinstance(name, str) or not _NAME.match(name):
             raise ModelNotFound(f"model {name!r} not found")
         path = self.root / name
-        if not (path / "config.json").is_file():
-            raise ModelNotFound(f"model {name!r} not found", details={"available": self.names()})
-        return ModelConfig.load(path)
+        try:
+            mtime = (path / "config.json").stat().st_mtime_ns
+        except OSError:
+            self._cache.pop(name, None)
+            raise ModelNotFound(f"model {name!r} not found", details={"available": self.names()}) from None
+        cached = self._cache.get(name)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, ModelConfig.load(path))
+            self._cache[name] = cached
+        return cached[1]
 
     def names(self) -> list[str]:
         """The names of every model in the repository."""

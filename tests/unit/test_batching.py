@@ -119,3 +119,22 @@ def test_owner_alive_knows_dead_local_pids():
     assert owner_alive(f"{socket.gethostname()}:{os.getpid()}")
     assert not owner_alive(f"{socket.gethostname()}:999999")
     assert owner_alive("some-other-host:1")
+
+
+def test_the_model_repository_sees_changed_and_removed_models(tmp_path):
+    import json
+    import os
+
+    from inferno_jobs.errors import ModelNotFound
+
+    repo = ModelRepository(tmp_path)
+    (tmp_path / "m").mkdir()
+    config = tmp_path / "m" / "config.json"
+    config.write_text(json.dumps({"type": "predict", "max_batch_size": 4}))
+    assert repo.get("m").max_batch_size == 4
+    config.write_text(json.dumps({"type": "predict", "max_batch_size": 8}))
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 1_000_000))
+    assert repo.get("m").max_batch_size == 8
+    config.unlink()
+    with pytest.raises(ModelNotFound):
+        repo.get("m")
