@@ -386,6 +386,32 @@ class BatchStore:
         return swept
 
 
+    def stale_chunks(self, older_than_s: float) -> list[tuple[Batch, int]]:
+        """Chunks to send again: unfinished chunks of queued or running batches that were created (or last
+        re-sent) more than ``older_than_s`` ago. A chunk message can be lost when a worker dies between taking
+        it from Redis and recording it; a repeated chunk is harmless (``start_chunk`` skips a stored one).
+
+        Marks each such batch re-sent now, so the next pass waits ``older_than_s`` again.
+        """
+        t = now()
+        out: list[tuple[Batch, int]] = []
+        for batch_id in [_text(i) for i in self.redis.zrangebyscore(self.keys.live_batches(), "-inf",
+                                                                      t - older_than_s)]:
+            try:
+                batch = self.get(batch_id)
+            except BatchNotFound:
+                continue
+            if batch.status not in (BatchStatus.QUEUED, BatchStatus.RUNNING):
+                continue
+            resent_at = float(_text(self.redis.hget(self.keys.batch(batch_id), "resent_at") or b"0") or 0)
+            if t - resent_at < older_than_s:
+                continue
+            done = {int(_text(i)) for i in self.redis.smembers(self.keys.batch_done(batch_id))}
+            out += [(batch, index) for index in range(batch.chunks) if index not in done]
+            self.redis.hset(self.keys.batch(batch_id), "resent_at", t)
+        return out
+
+
 def batch_target(settings: Settings, client: redis.Redis):
     """The webhook target of a batch event (see :class:`inferno_jobs.delivery.Deliverer`)."""
     from inferno_jobs.delivery import Target

@@ -19,6 +19,7 @@ from inferno_jobs.batchstore import BatchStore
 from inferno_jobs.delivery import dispatch_outbox
 from inferno_jobs.job import Job, JobStatus, now
 from inferno_jobs.store import JobStore
+from workers.celery_app import enqueue_chunk
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,14 @@ class Reconciler:
                 self.send(job)
                 self.store.mark_sent(job.id)
                 counts["resent"] += 1
+        celery = self.celery if self.celery is not None else _worker_celery()
+        batches = BatchStore(self.store.redis, self.store.settings)
         # Batches an API left validating (it died before enqueuing their chunks) fail, so every batch ends.
-        BatchStore(self.store.redis, self.store.settings).sweep()
-        dispatch_outbox(self.store, self.celery if self.celery is not None else _worker_celery())
+        batches.sweep()
+        for batch, index in batches.stale_chunks(self.store.settings.resend_after_s):
+            enqueue_chunk(celery, batch, index, self.store.settings.batch_chunk_timeout_s)
+            counts["resent"] += 1
+        dispatch_outbox(self.store, celery)
         if any(counts.values()):
             log.info("reconciled", extra=counts)
         return counts

@@ -306,3 +306,20 @@ def test_openapi_lists_the_batch_routes(client):
     paths = client.get("/openapi.json").get_json()["paths"]
     for path in ("/batches", "/batches/{batch_id}/results", "/batch", "/v1/batches", "/v1/files"):
         assert path in paths
+
+
+def test_chunks_whose_messages_were_lost_are_listed_once_per_resend_period(client, celery_stub, batches,
+                                                                           monkeypatch):
+    import inferno_jobs.batchstore as batchstore_module
+
+    batch = upload(client, rows(150), model="iris").get_json()
+    assert batches.stale_chunks(60) == []  # just created: its messages are still on their way
+    first = [s for s in celery_stub.sent if s["name"] == "inferno.run_batch_chunk"][0]
+    ChunkRunner(batches, fake_engine).run(*first["args"])  # chunk 0 ran; chunks 1 and 2 were lost
+    created = batches.get(batch["id"]).created_at
+    monkeypatch.setattr(batchstore_module, "now", lambda: created + 61)
+    stale = batches.stale_chunks(60)
+    assert [(b.id, index) for b, index in stale] == [(batch["id"], 1), (batch["id"], 2)]
+    assert batches.stale_chunks(60) == []  # marked re-sent: not again before another period
+    monkeypatch.setattr(batchstore_module, "now", lambda: created + 125)
+    assert len(batches.stale_chunks(60)) == 2
