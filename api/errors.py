@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from api.request_context import request_id
@@ -31,18 +31,33 @@ def error_response(exc: InfernoError):
     return response
 
 
+def _openai_path() -> bool:
+    return request.path == "/v1" or request.path.startswith("/v1/")
+
+
 def init_app(app: Flask) -> None:
     """Register the handlers: known errors keep their code, HTTP errors map to codes, anything else is a 500."""
 
     @app.errorhandler(InfernoError)
     def _inferno(exc: InfernoError):
+        if _openai_path():  # raised outside a /v1 blueprint's own handlers (auth, rate limits): OpenAI's shape
+            from api.openai_errors import openai_error_response
+
+            return openai_error_response(exc)
         return error_response(exc)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         cls = _HTTP.get(exc.code, InvalidRequest if exc.code and exc.code < 500 else InternalError)
         error = cls(exc.description or exc.name)
-        response = error_response(error)
+        if _openai_path():  # unrouted /v1 paths answer in OpenAI's shape
+            from api.openai_errors import openai_error_response
+
+            if exc.code == 404:
+                error = cls(f"endpoint not found: {request.method} {request.path}")
+            response = openai_error_response(error)
+        else:
+            response = error_response(error)
         response.status_code = exc.code or 500
         if exc.code == 405:
             response.headers["Allow"] = ", ".join(exc.valid_methods or [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from flask import Blueprint, jsonify
 
@@ -15,12 +16,21 @@ from inferno_jobs.schemas import HealthResponse
 bp = Blueprint("health", __name__)
 
 
+WORKERS_CACHE_S = 1.0
+
+
 def workers_online() -> list[dict]:
-    """Workers whose heartbeat is recent (three reconcile intervals)."""
+    """Workers whose heartbeat is recent (three reconcile intervals); read from Redis at most once a second per
+    API process, so probes and scrapes stay cheap whatever their rate."""
     svc = services()
+    cached = getattr(svc, "_workers_cache", None)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
     horizon = now() - 3 * max(1, svc.settings.reconcile_interval_s) - 5
     beats = [json.loads(v) for v in svc.redis.hgetall(svc.store.keys.workers()).values()]
-    return [b for b in beats if b.get("last_seen", 0) >= horizon]
+    online = [b for b in beats if b.get("last_seen", 0) >= horizon]
+    svc._workers_cache = (time.monotonic() + WORKERS_CACHE_S, online)
+    return online
 
 
 def snapshot() -> dict:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 from flask import Blueprint, jsonify, request, url_for
 
 from api.body import json_body, load
 from api.deliveries import dispatch_webhooks
+from api.ratelimit import check_capacity
 from api.request_context import request_id, services, tenant
 from inferno_jobs.errors import InternalError, InvalidRequest
 from inferno_jobs.job import Job
@@ -16,6 +18,7 @@ from inferno_jobs.schemas import JobList, JobListQuery, JobRequest, JobResponse
 from inferno_jobs.ssrf import NetworkGuard
 
 bp = Blueprint("jobs", __name__)
+log = logging.getLogger(__name__)
 
 
 def job_body(job: Job) -> dict:
@@ -46,6 +49,7 @@ def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: 
     if data.get("webhook"):  # the SSRF guard: refuse receivers on loopback, private, link-local... addresses
         NetworkGuard.from_settings(settings).check_url(
             data["webhook"]["url"], field="webhook_url" if data.get("webhook_url") else "webhook.url")
+    check_capacity(model.pool, owner)  # backpressure (503) and the tenant's concurrent-jobs limit (429)
     job = Job.create(
         type=data["type"], model=model.name, tenant=owner, input=data["input"], priority=data["priority"],
         pool=model.pool, ttl_s=min(data.get("ttl_s") or settings.default_ttl_s, settings.max_ttl_s),
@@ -64,6 +68,8 @@ def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: 
             svc.store.discard(job, idempotency)
             raise InternalError(f"the job could not be enqueued ({exc.__class__.__name__}); it was not accepted, "
                                 "retry later", retry_after_s=5) from exc
+        log.info("job submitted", extra={"job_id": job.id, "model": job.model, "priority": job.priority.value,
+                                         "type": job.type.value, "tenant": job.tenant, "batch_id": batch_id})
     return job, created
 
 

@@ -10,6 +10,7 @@ from flask import Blueprint, jsonify
 
 from inferno_jobs import __version__
 from api.batches import SCHEMAS as batch_schemas
+from api.controls import SCHEMAS as control_schemas
 from api.deliveries import SCHEMAS as delivery_schemas
 from inferno_jobs import schemas
 
@@ -61,6 +62,32 @@ ROUTES = {
                     "get": ("List batches (OpenAI)", None, 200, None, (401,))},
     "/v1/batches/{batch_id}": {"get": ("Get a batch (OpenAI)", None, 200, None, (401, 404))},
     "/v1/batches/{batch_id}/cancel": {"post": ("Cancel a batch (OpenAI)", None, 200, None, (401, 404, 409))},
+    "/jobs/{job_id}/events": {"get": ("A job's status changes and tokens (SSE)", None, 200, None, (401, 404))},
+    "/v1/chat/completions": {"post": ("Chat completion (OpenAI; stream: true answers SSE)", None, 200, None,
+                                      (400, 401, 404, 504))},
+    "/v1/completions": {"post": ("Text completion (OpenAI; stream: true answers SSE)", None, 200, None,
+                                 (400, 401, 404, 504))},
+    "/v1/embeddings": {"post": ("Embeddings (OpenAI)", None, 200, None, (400, 401, 404, 504))},
+    "/v1/models": {"get": ("List models (OpenAI)", None, 200, None, (401,))},
+    "/v1/models/{model_id}": {"get": ("Get a model (OpenAI)", None, 200, None, (401, 404))},
+    "/inference": {"post": ("Run a prompt synchronously (the seeds' shape)", None, 200, None, (400, 401, 404, 504))},
+    "/inference/stream": {"post": ("Stream a prompt's tokens (SSE, the seeds' shape)", None, 200, None,
+                                   (400, 401, 404))},
+    "/embeddings": {"post": ("Embeddings (the seeds' shape)", None, 200, None, (400, 401, 404, 504))},
+    "/predict": {"post": ("Predict synchronously (the seeds' shape)", None, 200, None, (400, 401, 404, 504))},
+    "/predict/batch": {"post": ("Predict a batch of feature arrays (the seeds' shape)", None, 200, None,
+                                (400, 401, 404, 504))},
+    "/predict/async": {"post": ("Queue a prediction (the seeds' shape)", None, 202, None, (400, 401, 404))},
+    "/jobs/{job_id}/retry": {"post": ("Run a failed, expired or timed-out job again (same id)", None, 202,
+                                      "JobResponse", (401, 404, 409, 429, 503))},
+    "/queues": {"get": ("Queues: depth, oldest job age, consumers, paused", None, 200, "QueueList", (401,))},
+    "/queues/{name}/pause": {"post": ("Pause a queue (admin key)", None, 200, "QueueAction", (401, 403, 404))},
+    "/queues/{name}/resume": {"post": ("Resume a queue (admin key)", None, 200, "QueueAction", (401, 403, 404))},
+    "/queues/{name}/purge": {"post": ("Cancel every queued job of a queue (admin key)", None, 200, "QueueAction",
+                                      (401, 403, 404))},
+    "/workers": {"get": ("Worker nodes: pool, models, healthy, jobs done, errors, mean run time", None, 200,
+                         "WorkerList", (401,))},
+    "/metrics": {"get": ("Prometheus metrics (text exposition)", None, 200, None, ())},
     "/health": {"get": ("Health", None, 200, "HealthResponse", ())},
     "/ready": {"get": ("Readiness", None, 200, "HealthResponse", (503,))},
 }
@@ -76,7 +103,7 @@ def build_spec() -> dict:
     for name in ("JobRequest", "JobResponse", "JobList", "ErrorResponse", "ModelResponse", "ModelList",
                  "ModelValidation", "HealthResponse"):
         spec.components.schema(name, schema=getattr(schemas, name))
-    for name, schema in {**delivery_schemas, **batch_schemas}.items():
+    for name, schema in {**delivery_schemas, **batch_schemas, **control_schemas}.items():
         spec.components.schema(name, schema=schema)
     for path, methods in ROUTES.items():
         operations = {}
@@ -91,7 +118,7 @@ def build_spec() -> dict:
             if params:
                 op["parameters"] = [{"name": p, "in": "path", "required": True,
                                      "schema": {"type": "integer" if p == "n" else "string"}} for p in params]
-            if path not in ("/health", "/ready"):
+            if path not in ("/health", "/ready", "/metrics"):
                 op["security"] = [{"bearer": []}, {"apiKey": []}]
             operations[method] = op
         spec.path(path=path, operations=operations)

@@ -37,7 +37,8 @@ def tenant() -> str:
         else:
             header = request.headers.get("Authorization", "")
             key = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("X-API-Key")
-            g.tenant = svc.keyring.authenticate(key).tenant
+            g.api_key = svc.keyring.authenticate(key)  # its id and limits: api/ratelimit.py
+            g.tenant = g.api_key.tenant
     return g.tenant
 
 

@@ -40,6 +40,8 @@ class ApiKey:
     created_at: float
     revoked_at: float | None = None
     prefix: str = ""
+    admin: bool = False  # may pause, resume and purge queues (docs/operations.md)
+    limits: dict | None = None  # rate-limit overrides, e.g. {"rpm": 120, "concurrent": 50}; unset: the defaults
 
     @property
     def active(self) -> bool:
@@ -55,11 +57,15 @@ class KeyRing:
         self.settings = settings
         self.keys = Keyspace(settings.key_prefix)
 
-    def create(self, name: str, tenant: str | None = None) -> tuple[str, ApiKey, str]:
-        """A new key for ``tenant`` (a new tenant when None); returns ``(key, record, webhook_secret)``."""
+    def create(self, name: str, tenant: str | None = None, *, admin: bool = False,
+               limits: dict | None = None) -> tuple[str, ApiKey, str]:
+        """A new key for ``tenant`` (a new tenant when None); returns ``(key, record, webhook_secret)``.
+
+        ``admin`` keys may control queues; ``limits`` overrides the default rate limits for this key.
+        """
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         record = ApiKey(id=new_id("key"), name=name, tenant=tenant or new_id("tenant"), created_at=now(),
-                        prefix=key[:10])
+                        prefix=key[:10], admin=admin, limits=limits or None)
         digest = hash_key(key)
         with self.redis.pipeline() as pipe:
             pipe.set(self.keys.api_key(digest), json.dumps(asdict(record)))
@@ -91,6 +97,24 @@ class KeyRing:
             if key_id in (record.id, record.prefix):
                 digest = self.redis.hget(self.keys.api_keys(), record.id)
                 record.revoked_at = record.revoked_at or now()
+                self.redis.set(self.keys.api_key(digest.decode() if isinstance(digest, bytes) else digest),
+                               json.dumps(asdict(record)))
+                return record
+        raise NotFound(f"API key {key_id!r} not found")
+
+    def set_limits(self, key_id: str, limits: dict, *, replace: bool = False) -> ApiKey:
+        """Change a key's rate-limit overrides (merged into the current ones unless ``replace``; a value of None
+        drops an override). Raises :class:`NotFound`."""
+        for record in self.list():
+            if key_id in (record.id, record.prefix):
+                merged = {} if replace else dict(record.limits or {})
+                for name, value in limits.items():
+                    if value is None:
+                        merged.pop(name, None)
+                    else:
+                        merged[name] = int(value)
+                record.limits = merged or None
+                digest = self.redis.hget(self.keys.api_keys(), record.id)
                 self.redis.set(self.keys.api_key(digest.decode() if isinstance(digest, bytes) else digest),
                                json.dumps(asdict(record)))
                 return record

@@ -56,12 +56,16 @@ def dev(port: int, flower_port: int, no_build: bool) -> None:
 @click.option("--host", default=None, help="Bind address (default API_HOST).")
 @click.option("--port", default=None, type=int, help="Port (default API_PORT).")
 @click.option("--workers", default=2, show_default=True, help="gunicorn worker processes.")
-def api(host: str | None, port: int | None, workers: int) -> None:
+@click.option("--threads", default=32, show_default=True,
+              help="Threads per worker: each open SSE stream, WebSocket or synchronous call holds one.")
+def api(host: str | None, port: int | None, workers: int, threads: int) -> None:
     """Serve the API under gunicorn."""
     settings = _settings()
     bind = f"{host or settings.api_host}:{port or settings.api_port}"
+    # gthread workers: streams and sockets hold a thread, not the process; gunicorn does not buffer responses.
     argv = [sys.executable, "-m", "gunicorn", "api.wsgi:app", "--bind", bind, "--workers", str(workers),
-            "--threads", "4", "--access-logfile", "-", "--graceful-timeout", "20"]
+            "--worker-class", "gthread", "--threads", str(threads), "--access-logfile", "-",
+            "--graceful-timeout", "20"]
     os.execv(sys.executable, argv)
 
 
@@ -85,15 +89,23 @@ def worker(pool: str, gpus: str | None, concurrency: int | None, loglevel: str) 
 @click.option("--address", default="127.0.0.1", show_default=True)
 def flower(port: int, address: str) -> None:
     """Run Flower on the broker (basic auth from INFERNO_FLOWER_BASIC_AUTH)."""
-    settings = _settings()
+    argv, env = flower_command(_settings(), port, address)
+    os.execve(sys.executable, argv, env)
+
+
+def flower_command(settings: Settings, port: int = 5555, address: str = "127.0.0.1") -> tuple[list[str], dict]:
+    """Flower's command line and environment: task events on, every task's args (job id) and kwargs (model,
+    tenant, priority) and result (the jobs it ran) in its tasks table, queue lengths on its broker page, basic
+    auth from ``INFERNO_FLOWER_BASIC_AUTH`` (its REST API is open only when no auth is set: bind to localhost)."""
     argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "--broker", settings.redis_url, "flower",
-            f"--port={port}", f"--address={address}"]
+            f"--port={port}", f"--address={address}", "--enable_events=True",
+            "--tasks_columns=name,uuid,state,args,kwargs,result,received,started,runtime,worker"]
     if settings.flower_basic_auth:
-        argv.append(f"--basic-auth={settings.flower_basic_auth}")
+        argv.append(f"--basic_auth={settings.flower_basic_auth}")
     env = dict(os.environ, **settings.env())
     if not settings.flower_basic_auth:
         env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
-    os.execve(sys.executable, argv, env)
+    return argv, env
 
 
 # -- jobs --------------------------------------------------------------------------------------------------------
@@ -157,15 +169,29 @@ def keys() -> None:
     """API keys: create, list, revoke; rotate a tenant's webhook secret."""
 
 
+def _limit_options(fn):
+    """``--rpm --rph --tpm --concurrent``: a key's own rate limits (docs/operations.md#rate-limits)."""
+    for name, what in (("concurrent", "jobs queued or running at once"), ("tpm", "estimated tokens per minute"),
+                       ("rph", "requests per hour"), ("rpm", "requests per minute")):
+        fn = click.option(f"--{name}", type=click.IntRange(min=0), default=None,
+                          help=f"Limit: {what} (0: unlimited; default: INFERNO_RATE_LIMIT_{name.upper()}).")(fn)
+    return fn
+
+
 @keys.command("create")
 @click.option("--name", required=True)
 @click.option("--tenant", default=None, help="Add the key to an existing tenant (default: a new tenant).")
+@click.option("--admin", is_flag=True, help="The key may pause, resume and purge queues.")
+@_limit_options
 @click.option("--json", "as_json", is_flag=True, help="Print {key, tenant, webhook_secret} as JSON.")
-def keys_create(name: str, tenant: str | None, as_json: bool) -> None:
+def keys_create(name: str, tenant: str | None, admin: bool, rpm, rph, tpm, concurrent, as_json: bool) -> None:
     """Create a key. The key is shown once; only its hash is stored."""
-    key, record, secret = _keyring().create(name, tenant)
+    limits = {k: v for k, v in {"rpm": rpm, "rph": rph, "tpm": tpm, "concurrent": concurrent}.items()
+              if v is not None}
+    key, record, secret = _keyring().create(name, tenant, admin=admin, limits=limits)
     if as_json:
-        _print({"key": key, "tenant": record.tenant, "webhook_secret": secret, "id": record.id})
+        _print({"key": key, "tenant": record.tenant, "webhook_secret": secret, "id": record.id,
+                "admin": record.admin, "limits": record.limits or {}})
     else:
         click.echo(f"key:            {key}\nid:             {record.id}\ntenant:         {record.tenant}\n"
                    f"webhook secret: {secret}\nStore the key now: it is not shown again.")
@@ -177,6 +203,22 @@ def keys_list() -> None:
     for record in _keyring().list():
         state = "revoked" if record.revoked_at else "active"
         click.echo(f"{record.id}  {record.prefix}...  {record.tenant}  {state}  {record.name}")
+
+
+@keys.command("limits")
+@click.argument("key_id")
+@_limit_options
+@click.option("--reset", is_flag=True, help="Drop every override first: back to the defaults.")
+def keys_limits(key_id: str, rpm, rph, tpm, concurrent, reset: bool) -> None:
+    """Show or change a key's rate limits (by key id or its visible prefix)."""
+    from inferno_jobs.ratelimit import Limits
+
+    keyring = _keyring()
+    changes = {k: v for k, v in {"rpm": rpm, "rph": rph, "tpm": tpm, "concurrent": concurrent}.items()
+               if v is not None}
+    record = keyring.set_limits(key_id, changes, replace=reset)
+    effective = Limits.from_settings(keyring.settings).merged(record.limits)
+    _print({"id": record.id, "overrides": record.limits or {}, "effective": effective.__dict__})
 
 
 @keys.command("revoke")

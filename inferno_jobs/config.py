@@ -47,6 +47,7 @@ class Settings:
     worker_concurrency: int = 0  # 0: one process per core
     worker_pool: str = "cpu"
     visibility_timeout_s: int = 3600
+    task_sent_events: bool = False  # also publish Celery's task-sent event for every job (Flower's "sent" state)
     max_batch_wait_ms: int = 5
     onnx_threads: int = 0  # 0: cores divided by worker processes
 
@@ -69,6 +70,27 @@ class Settings:
 
     # Request limits.
     max_request_bytes: int = 10 * 1024 * 1024
+
+    # Operating it (docs/operations.md): rate limits per API key (0: no limit; a key's record may override them),
+    # backpressure, logs, tracing.
+    rate_limit_rpm: int = 60  # requests per minute on rate-limited (work-submitting) routes
+    rate_limit_rph: int = 1000  # requests per hour
+    rate_limit_tpm: int = 10_000  # estimated tokens per minute
+    rate_limit_concurrent: int = 10  # a tenant's jobs queued or running at once
+    rate_limit_by_ip: bool = False  # with INFERNO_AUTH=disabled: apply the default limits per client IP
+    max_queue_depth: int = 100_000  # queued jobs per pool; above it POST /jobs answers 503 (0: no limit)
+    queue_full_retry_after_s: int = 5  # Retry-After of that 503
+    log_format: str = "json"  # json | text
+    log_level: str = "INFO"
+    otel_endpoint: str = ""  # OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318; empty: tracing off
+    otel_service_name: str = "inferno-jobs"
+
+    # Synchronous and streaming calls (/v1, the seeds' endpoints, WS /ws; docs/openai.md, docs/seeds.md).
+    sync_wait_s: int = 60  # a synchronous call answers 504 TIMEOUT (job id in details) past this; a stream's idle limit
+    events_retention_s: int = 3600  # a finished job's event stream (status changes, tokens) is kept this long
+    cancel_check_ms: int = 100  # how often a streaming generation looks for a cancellation
+    sse_keepalive_s: int = 5  # an SSE comment this often while nothing happens (also finds gone clients)
+    default_predict_model: str = ""  # the model of POST /predict* when the request names none
 
     # Batches of prompt files (docs/batches.md).
     batch_max_file_bytes: int = 100 * 1024 * 1024  # an uploaded prompt file (also POST /v1/files)

@@ -34,6 +34,7 @@ from inferno_jobs.config import Settings
 from inferno_jobs.errors import JobNotFound
 from inferno_jobs.job import isoformat, now
 from inferno_jobs.keyspace import Keyspace
+from inferno_jobs.metrics import WEBHOOK_DELIVERIES
 from inferno_jobs.queue import WEBHOOK_QUEUE
 from inferno_jobs.ssrf import NetworkGuard, WebhookHostUnresolved, WebhookUrlRefused, guarded_session
 from inferno_jobs.store import JobStore
@@ -48,7 +49,7 @@ USER_AGENT = "inferno-jobs-webhooks/1"
 def send_delivery(celery, event: dict, replay_of: int | None = None) -> None:
     """Queue one delivery of ``event`` on the webhooks queue, by task name."""
     celery.send_task(DELIVER_WEBHOOK, args=[event], kwargs={"replay_of": replay_of} if replay_of else {},
-                     queue=WEBHOOK_QUEUE)
+                     queue=WEBHOOK_QUEUE, headers={"request_id": event.get("request_id")})
 
 
 # -- the outbox ------------------------------------------------------------------------------------------------
@@ -252,6 +253,7 @@ class Deliverer:
         target = load(subject_id) if load else None
         if target is None:
             log.info("webhook event dropped: its %s is gone", kind, extra={"webhook_id": event["id"]})
+            self.store.metrics.inc(WEBHOOK_DELIVERIES, (event["type"], "dropped"))
             return Outcome("dropped")
         started_at = now()
         entry = {"attempt": attempt, "webhook_id": event["id"], "event": event["type"], "url": target.url,
@@ -300,6 +302,7 @@ class Deliverer:
         entry["outcome"] = outcome.status
         outcome.entry = entry
         self.log.record(subject_id, entry, target.retention_s)
+        self.store.metrics.inc(WEBHOOK_DELIVERIES, (event["type"], outcome.status))
         log.info("webhook attempt", extra={"webhook_id": event["id"], "subject_id": subject_id, "attempt": attempt,
                                            "status_code": entry["status_code"], "outcome": outcome.status})
         return outcome

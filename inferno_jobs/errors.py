@@ -108,6 +108,10 @@ class ModelNotLoaded(InfernoError):
     code, status = "MODEL_NOT_LOADED", 503
 
 
+class QueueFull(ModelNotLoaded):
+    """Raised when a pool's queues hold ``max_queue_depth`` jobs: backpressure, 503 with ``Retry-After``."""
+
+
 class InferenceFailed(InfernoError):
     """Raised when running a model fails."""
 

@@ -145,6 +145,7 @@ class Job:
     lease_owner: str | None = None
     lease_expires_at: float | None = None
     request_id: str | None = None
+    requeued_at: float | None = None  # set by retry(): its ttl_s counts from here
 
     @classmethod
     def create(cls, **fields) -> "Job":
@@ -153,8 +154,8 @@ class Job:
 
     @property
     def expires_at(self) -> float:
-        """When a job still queued becomes ``expired``."""
-        return self.created_at + self.ttl_s
+        """When a job still queued becomes ``expired`` (``ttl_s`` after it was queued, or queued again)."""
+        return (self.requeued_at or self.created_at) + self.ttl_s
 
     @property
     def deadline(self) -> float | None:
@@ -239,4 +240,30 @@ def transition(job: Job, to: JobStatus, *, at: float | None = None, worker: str 
         job.result = result
     if error is not None:
         job.error = error
+    return job
+
+
+RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.TIMED_OUT})
+
+
+def retry(job: Job, *, at: float | None = None) -> Job:
+    """Send a ``failed``, ``expired`` or ``timed_out`` job back to ``queued`` in place and return it.
+
+    The one deliberate exception to "terminal states never change", for an operator's ``POST /jobs/<id>/retry``:
+    the job keeps its id and its attempt history (the next run is a new attempt), its result and error are
+    cleared, and its ``ttl_s`` counts again from now. Raises :class:`IllegalTransition` for any other status.
+    """
+    if job.status not in RETRYABLE:
+        raise IllegalTransition(f"job {job.id} is {job.status.value}: only failed, expired or timed_out jobs "
+                                "can be retried", details={"status": job.status.value})
+    at = now() if at is None else at
+    job.status = JobStatus.QUEUED
+    job.requeued_at = at
+    job.started_at = None
+    job.finished_at = None
+    job.result = None
+    job.error = None
+    job.cancel_requested = False
+    job.lease_owner = None
+    job.lease_expires_at = None
     return job

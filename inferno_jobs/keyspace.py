@@ -15,6 +15,10 @@ class Keyspace:
         """The job record (a JSON string)."""
         return f"{self.prefix}:job:{job_id}"
 
+    def job_events(self, job_id: str) -> str:
+        """A job's event stream (a Redis stream): its status changes and, for streaming jobs, its tokens."""
+        return f"{self.prefix}:job:{job_id}:events"
+
     def tenant_jobs(self, tenant: str) -> str:
         """A tenant's job ids, a lexicographic sorted set (ids sort by creation time)."""
         return f"{self.prefix}:jobs:{tenant}"
@@ -131,3 +135,37 @@ class Keyspace:
     def loaded_models(self) -> str:
         """What each worker process has loaded: ``host:pid`` -> JSON (models, reported_at)."""
         return f"{self.prefix}:loaded"
+
+    # -- operating it (docs/operations.md) ------------------------------------------------------------------------
+
+    def fair_queue(self, queue: str) -> str:
+        """Queued jobs of one Celery queue scored by their fair-share tag: the order workers claim them in."""
+        return f"{self.prefix}:fair:{queue}"
+
+    def fair_last_tag(self, queue: str) -> str:
+        """Per tenant, the fair-share tag of its latest job in ``queue`` (a hash)."""
+        return f"{self.prefix}:fair:{queue}:last"
+
+    def fair_clock(self, queue: str) -> str:
+        """The virtual time of ``queue``: the highest tag of a job that started."""
+        return f"{self.prefix}:fair:{queue}:clock"
+
+    def tenant_active(self, tenant: str) -> str:
+        """A tenant's queued or running jobs, scored by when they must have ended: its concurrency count."""
+        return f"{self.prefix}:active:{tenant}"
+
+    def rate_window(self, subject: str, limit: str, window_start: int) -> str:
+        """One fixed rate-limit window of one subject (an API key id or ``ip:<addr>``)."""
+        return f"{self.prefix}:rl:{subject}:{limit}:{window_start}"
+
+    def paused_queues(self) -> str:
+        """Queue names an operator paused (a set): workers stop consuming them."""
+        return f"{self.prefix}:queues:paused"
+
+    def metric(self, name: str) -> str:
+        """A metric kept in Redis (a hash: label values -> count), shared by every API and worker process."""
+        return f"{self.prefix}:metrics:{name}"
+
+    def worker_stats(self, hostname: str) -> str:
+        """Counters of one Celery worker node (jobs, errors, run time), kept by its pool processes."""
+        return f"{self.prefix}:workerstats:{hostname}"

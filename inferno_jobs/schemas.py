@@ -29,6 +29,7 @@ class GenerationParams(StrictSchema):
     repetition_penalty = fields.Float(validate=validate.Range(0.01, 10), load_default=1.0)
     stop = fields.Raw(load_default=None)
     seed = fields.Integer(load_default=None, allow_none=True)
+    stream = fields.Boolean()  # publish tokens as they are generated (GET /jobs/<id>/events); runs unbatched
 
     @validates_schema
     def _stop(self, data, **kwargs):

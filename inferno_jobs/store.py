@@ -13,8 +13,12 @@ import redis
 
 from inferno_jobs.config import Settings
 from inferno_jobs.errors import Conflict, IllegalTransition, JobNotFound
+from inferno_jobs.events import JobEvents
+from inferno_jobs import fairshare
 from inferno_jobs.job import EVENT_FOR_STATUS, Job, JobStatus, new_id, now, transition
+from inferno_jobs.job import retry as requeue
 from inferno_jobs.keyspace import Keyspace
+from inferno_jobs.metrics import Metrics
 from inferno_jobs.queue import PRIORITY_ORDER, queue_name
 
 
@@ -25,6 +29,8 @@ class JobStore:
         self.redis = client
         self.settings = settings
         self.keys = Keyspace(settings.key_prefix)
+        self.events = JobEvents(client, settings)
+        self.metrics = Metrics(client, self.keys)
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -50,7 +56,10 @@ class JobStore:
         if job.status is not JobStatus.QUEUED:
             return None
         own = queue_name(job.pool, job.priority)
-        rank = self.redis.zrank(self.keys.queued(own), job.id)
+        # Workers claim in fair-share order (inferno_jobs/fairshare.py); jobs queued before it existed keep FIFO.
+        rank = fairshare.rank(self.redis, self.keys, own, job.id)
+        if rank is None:
+            rank = self.redis.zrank(self.keys.queued(own), job.id)
         if rank is None:
             return None
         ahead = 0
@@ -101,16 +110,26 @@ class JobStore:
         # A live job must outlive every attempt it may still make, then its retention.
         return job.ttl_s + job.timeout_s * self.settings.max_attempts + self.settings.result_retention_s
 
+    def _active_until(self, job: Job) -> float:
+        """When a queued job must have ended at the latest: its entry in the tenant's concurrency count expires."""
+        return job.expires_at + job.timeout_s * self.settings.max_attempts + 60
+
     def _write(self, pipe, job: Job, before: JobStatus | None) -> None:
         """Queue the writes that store ``job`` and keep every index in step with its status."""
         keys = self.keys
         pipe.set(keys.job(job.id), json.dumps(job.to_dict()), ex=self._expiry_s(job))
+        if job.status is not before:  # the job's event stream hears of every status change, in this transaction
+            self.events.append_status(pipe, job, self._expiry_s(job))
         queue = queue_name(job.pool, job.priority)
         if before is JobStatus.QUEUED and job.status is not JobStatus.QUEUED:
             pipe.zrem(keys.queued(queue), job.id)
             pipe.zrem(keys.queued_deadlines(), job.id)
             pipe.zrem(keys.waiting(job.model), job.id)
             pipe.zrem(keys.queued_sent(), job.id)
+            (fairshare.start if job.status is JobStatus.RUNNING else fairshare.leave)(pipe, keys, job)
+        if job.status.terminal:
+            pipe.zrem(keys.tenant_active(job.tenant), job.id)
+        self.metrics.record_transition(pipe, job, before)
         if job.status is JobStatus.RUNNING:
             pipe.zadd(keys.running_leases(), {job.id: job.lease_expires_at or now()})
         elif before is JobStatus.RUNNING:
@@ -119,7 +138,7 @@ class JobStore:
             event = EVENT_FOR_STATUS[job.status]
             if job.webhook and event in (job.webhook.get("events") or [event]):
                 pipe.lpush(keys.outbox(), json.dumps({"id": new_id("msg"), "type": event, "job_id": job.id,
-                                                      "timestamp": now()}))
+                                                      "timestamp": now(), "request_id": job.request_id}))
 
     def create(self, job: Job, idempotency: tuple[str, str] | None = None) -> tuple[Job, bool]:
         """Store a new queued job; returns ``(job, created)``.
@@ -148,7 +167,10 @@ class JobStore:
                     pipe.zadd(self.keys.queued(queue), {job.id: seq})
                     pipe.zadd(self.keys.queued_deadlines(), {job.id: job.expires_at})
                     pipe.zadd(self.keys.queued_sent(), {job.id: job.created_at})
-                    pipe.zadd(self.keys.waiting(job.model), {job.id: PRIORITY_ORDER.index(job.priority) * 1e13 + seq})
+                    # Its fair-share tag orders it in its queue and (unless it streams: a streaming job runs alone,
+                    # never in another's micro-batch) in its model's waiting set.
+                    fairshare.enqueue(pipe, self.keys, job, batchable=not job.input.get("stream"))
+                    pipe.zadd(self.keys.tenant_active(job.tenant), {job.id: self._active_until(job)})
                     if idem_key:
                         pipe.set(idem_key, json.dumps({"body_hash": idempotency[1], "job_id": job.id}),
                                  ex=self.settings.result_retention_s)
@@ -161,12 +183,14 @@ class JobStore:
         """Remove a job that was never accepted (its enqueue failed), with its indexes and idempotency key."""
         queue = queue_name(job.pool, job.priority)
         with self.redis.pipeline() as pipe:
-            pipe.delete(self.keys.job(job.id))
+            pipe.delete(self.keys.job(job.id), self.keys.job_events(job.id))
             pipe.zrem(self.keys.tenant_jobs(job.tenant), job.id)
             pipe.zrem(self.keys.queued(queue), job.id)
             pipe.zrem(self.keys.queued_deadlines(), job.id)
             pipe.zrem(self.keys.waiting(job.model), job.id)
             pipe.zrem(self.keys.queued_sent(), job.id)
+            fairshare.leave(pipe, self.keys, job)
+            pipe.zrem(self.keys.tenant_active(job.tenant), job.id)
             if idempotency:
                 pipe.delete(self.keys.idempotency(job.tenant, idempotency[0]))
             pipe.execute()
@@ -228,6 +252,34 @@ class JobStore:
             else:
                 job.cancel_requested = True
         return self.mutate(job_id, change)
+
+    def retry(self, job_id: str, tenant: str | None = None) -> Job:
+        """Send a ``failed``, ``expired`` or ``timed_out`` job back to ``queued`` (same id, attempt history kept),
+        with every queued index, atomically; the caller sends its new message (``workers.celery_app.enqueue``).
+
+        Raises :class:`IllegalTransition` (409) for a job in any other status; see :func:`inferno_jobs.job.retry`.
+        """
+        self.get(job_id, tenant)
+        key = self.keys.job(job_id)
+        while True:
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    job = self._load(pipe.get(key), job_id)
+                    before = job.status
+                    requeue(job)
+                    seq = self.redis.incr(self.keys.sequence())
+                    pipe.multi()
+                    self._write(pipe, job, before)
+                    pipe.zadd(self.keys.queued(queue_name(job.pool, job.priority)), {job.id: seq})
+                    pipe.zadd(self.keys.queued_deadlines(), {job.id: job.expires_at})
+                    pipe.zadd(self.keys.queued_sent(), {job.id: now()})
+                    fairshare.enqueue(pipe, self.keys, job, batchable=not job.input.get("stream"))
+                    pipe.zadd(self.keys.tenant_active(job.tenant), {job.id: self._active_until(job)})
+                    pipe.execute()
+                    return job
+                except redis.WatchError:
+                    continue
 
     def expire(self, job_id: str) -> Job | None:
         """Expire a queued job past its ``ttl_s``; returns it, or None if it was not due."""
@@ -334,15 +386,35 @@ class JobStore:
         ids = self.redis.zrangebyscore(self.keys.running_leases(), "-inf", at or now())
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
-    def waiting(self, model: str, limit: int) -> list[str]:
-        """Up to ``limit`` queued job ids of ``model``, highest priority then oldest first."""
-        ids = self.redis.zrange(self.keys.waiting(model), 0, limit - 1)
+    def waiting(self, model: str, limit: int, skip_priorities: frozenset[str] | set[str] = frozenset()) -> list[str]:
+        """Up to ``limit`` queued job ids of ``model``, highest priority then fair-share order (oldest first for
+        one tenant), leaving out ``skip_priorities`` (their queue is paused)."""
+        if not skip_priorities:
+            ids = self.redis.zrange(self.keys.waiting(model), 0, limit - 1)
+        else:
+            ids = []
+            for index, priority in enumerate(PRIORITY_ORDER):
+                if priority.value in skip_priorities or len(ids) >= limit:
+                    continue
+                lo = index * fairshare.PRIORITY_OFFSET
+                ids += self.redis.zrangebyscore(self.keys.waiting(model), lo, f"({lo + fairshare.PRIORITY_OFFSET}",
+                                                start=0, num=limit - len(ids))
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
     def running(self) -> list[str]:
         """Ids of every running job."""
         ids = self.redis.zrange(self.keys.running_leases(), 0, -1)
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    def next_queued(self, queue: str, limit: int) -> list[str]:
+        """Up to ``limit`` queued job ids of ``queue`` in the order workers claim them (fair share)."""
+        return fairshare.next_ids(self.redis, self.keys, queue, limit)
+
+    def active_count(self, tenant: str) -> int:
+        """How many of a tenant's jobs are queued or running (its concurrency, for the rate limiter)."""
+        key = self.keys.tenant_active(tenant)
+        self.redis.zremrangebyscore(key, "-inf", now())  # entries of jobs that left retention unfinished
+        return int(self.redis.zcard(key))
 
     def queue_depth(self, queue: str) -> int:
         """How many jobs wait in ``queue``."""

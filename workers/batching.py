@@ -12,11 +12,14 @@ import socket
 import time
 from typing import Callable
 
-from inferno_jobs.errors import InfernoError, InferenceFailed, ModelNotFound, Timeout
+from inferno_jobs.control import QueueControl, paused_priorities
+from inferno_jobs.errors import InfernoError, InferenceFailed, JobNotFound, ModelNotFound, Timeout
 from inferno_jobs.job import Job, JobStatus, now
 from inferno_jobs.model import ModelConfig
+from inferno_jobs.queue import queue_name
 from inferno_jobs.store import JobStore
 from workers.heartbeat import Heartbeat
+from workers.streaming import JobStream
 
 
 def worker_identity() -> str:
@@ -46,8 +49,11 @@ class BatchRunner:
 
     def __init__(self, store: JobStore, engine_run: Callable[[str, list[dict]], list], *,
                  model_config: Callable[[str], ModelConfig], batching: bool = True,
-                 timeout_errors: tuple[type[BaseException], ...] = ()):
+                 timeout_errors: tuple[type[BaseException], ...] = (),
+                 engine_stream: Callable[..., dict] | None = None):
         self.store = store
+        # engine_stream(model, input, on_token, should_stop): one streaming job (workers/streaming.py).
+        self.engine_stream = engine_stream
         self.timeout_errors = timeout_errors
         self.engine_run = engine_run
         self.model_config = model_config
@@ -58,6 +64,29 @@ class BatchRunner:
         """Claim ``job_id`` for this process (None if this delivery must not run it)."""
         return self.store.claim(job_id, self.worker, owner_alive)
 
+    def claim_first(self, job_id: str) -> Job | None:
+        """The job this delivery of ``job_id``'s message runs, claimed; None when it runs nothing.
+
+        A running ``job_id`` whose worker is gone is taken over. Otherwise the message is a ticket for its
+        queue: it runs the queue's next job in fair-share order (inferno_jobs/fairshare.py), which is ``job_id``
+        itself unless another tenant's job is due first. Every queued job has sent one message, so each one still
+        runs; a message whose job already runs (another ticket took it), ran (in a micro-batch) or was canceled
+        runs the queue's next job instead, or nothing when the queue is empty.
+        """
+        try:
+            job = self.store.get(job_id)
+        except JobNotFound:
+            return None
+        if job.status is JobStatus.RUNNING:
+            taken_over = self.claim(job_id)
+            if taken_over is not None:
+                return taken_over
+        for candidate in self.store.next_queued(queue_name(job.pool, job.priority), 8) + [job_id]:
+            claimed = self.claim(candidate)
+            if claimed is not None:
+                return claimed
+        return None
+
     def gather(self, first: Job, model: ModelConfig) -> list[Job]:
         """``first`` plus up to ``max_batch_size - 1`` queued jobs of the same model, waiting at most
         ``max_batch_wait_ms`` for more to arrive."""
@@ -65,8 +94,10 @@ class BatchRunner:
         if not self.batching or model.max_batch_size <= 1:
             return jobs
         deadline = time.monotonic() + model.max_batch_wait_ms / 1000
+        # Jobs of a paused queue stay where they are (inferno_jobs/control.py).
+        skip = paused_priorities(QueueControl(self.store).paused(), first.pool)
         while len(jobs) < model.max_batch_size:
-            for job_id in self.store.waiting(model.name, model.max_batch_size - len(jobs)):
+            for job_id in self.store.waiting(model.name, model.max_batch_size - len(jobs), skip):
                 job = self.claim(job_id)
                 if job is not None:
                     jobs.append(job)
@@ -77,17 +108,25 @@ class BatchRunner:
 
     def run(self, job_id: str) -> list[Job]:
         """Claim, batch, run and store: returns the jobs this call finished (empty for a no-op delivery)."""
-        first = self.claim(job_id)
+        first = self.claim_first(job_id)
         if first is None:
             return []
         try:
             model = self.model_config(first.model)
         except ModelNotFound as exc:
             return [self.store.finish(first.id, JobStatus.FAILED, error=exc.to_dict())]
-        jobs = self.gather(first, model)
+        streaming = self.engine_stream is not None and bool(first.input.get("stream"))
+        # A streaming job runs alone: no job should wait on another's tokens, and its tokens go out as they come.
+        jobs = [first] if streaming else self.gather(first, model)
+
+        def call() -> list:
+            if streaming:
+                stream = JobStream(self.store, first.id)
+                return [self.engine_stream(model.name, first.input, stream.on_token, stream.should_stop)]
+            return self.engine_run(model.name, [j.input for j in jobs])
         with Heartbeat(self.store, self.worker, [j.id for j in jobs]):
             try:
-                outcomes = self.engine_run(model.name, [j.input for j in jobs])
+                outcomes = call()
             except self.timeout_errors:
                 outcomes = [Timeout("run took longer than its timeout_s")] * len(jobs)
             except InfernoError as exc:

@@ -40,7 +40,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,  # prefetched low jobs would run before a later high one
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        # A "sent" event is a second publish per job (about a third of POST /jobs); Flower sees every task
+        # from the workers' received/started/succeeded events anyway. INFERNO_TASK_SENT_EVENTS=true turns it on.
+        task_send_sent_event=settings.task_sent_events,
         worker_proc_alive_timeout=60,  # model loads in worker_process_init can take a while
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
@@ -59,7 +61,10 @@ def enqueue(celery: Celery, job: Job) -> None:
     The soft time limit ends a run at ``timeout_s`` (the job becomes ``timed_out``); the hard limit, a little
     later, kills a run stuck in native code, and the reconciler then marks the job.
     """
-    celery.send_task(RUN_JOB, args=[job.id], queue=queue_name(job.pool, job.priority),
+    # The keyword arguments only label the task (Flower's task page, logs); the job record is the truth.
+    celery.send_task(RUN_JOB, args=[job.id], kwargs={"model": job.model, "tenant": job.tenant,
+                                                     "priority": job.priority.value},
+                     queue=queue_name(job.pool, job.priority),
                      soft_time_limit=job.timeout_s, time_limit=job.timeout_s + HARD_LIMIT_GRACE_S,
                      headers={"request_id": job.request_id, "job_id": job.id, "model": job.model})
 

@@ -95,6 +95,18 @@ class Engine:
         with self._lock:
             return list(self._runners)
 
+    def stream(self, name: str, item: dict, on_token, should_stop) -> dict:
+        """Run one streaming job input: a generation model calls ``on_token(piece, index)`` per piece and polls
+        ``should_stop()``; other models just run it. Returns the result; raises :class:`InfernoError`."""
+        runner = self.runner(name)
+        generate = getattr(runner, "generate", None)
+        if generate is None:
+            outcome = runner.run_batch([item])[0]
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+        return generate(item, on_token=on_token, should_stop=should_stop)
+
     def run(self, name: str, inputs: list[dict]) -> list[dict | InfernoError]:
         """Run one micro-batch of job inputs on model ``name``: one result or error per input.
 

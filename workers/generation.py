@@ -159,6 +159,10 @@ class GenerationRunner(Runner):
                     logits, _ = self._forward(ids, len(ids), None)
             except Exception as exc:  # onnxruntime raises its own exception types for a bad run
                 raise InferenceFailed(f"inference failed: {exc}") from exc
+            if kind == "chat" and generated == 0 and stop_ids:
+                # A reply is never empty: the end tags cannot be its first token (HF's min_new_tokens=1).
+                logits = np.array(logits, copy=True)
+                logits[..., sorted(stop_ids)] = -np.inf
             token = sampler.next_token(logits, np.asarray(ids, dtype=np.int64))  # prompt included, as in HF
             if token in stop_ids:
                 finish = "stop"

@@ -60,9 +60,15 @@ class Runtime:
                                       pool=self.settings.worker_pool,
                                       queues=pool_queues(self.settings.worker_pool), grace_s=HARD_LIMIT_GRACE_S)
         self._reconciler.start()
+        from workers.consumers import ConsumerSync  # paused queues: docs/operations.md#queue-controls
+
+        self._consumers = ConsumerSync(self.store, celery, self._reconciler.hostname,
+                                       pool_queues(self.settings.worker_pool)).start()
 
     def stop_reconciler(self) -> None:
         """Stop the reconciler thread, if this process runs one."""
+        if getattr(self, "_consumers", None) is not None:
+            self._consumers.stop()
         if self._reconciler is not None:
             self._reconciler.stop()
 

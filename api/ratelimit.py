@@ -1,0 +1,117 @@
+"""Rate limits and backpressure at the API edge (docs/operations.md#rate-limits).
+
+Rate-limited routes are the ones that submit work: ``POST`` to ``/jobs``, ``/batches``, the seeds' endpoints and
+everything under ``/v1``. Reads, cancels and controls are not limited, so polling a job never uses up a key's
+budget. Each limited request is counted per API key (per client IP only when auth is disabled and
+``INFERNO_RATE_LIMIT_BY_IP`` is on) and carries ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset``; over a
+limit it answers 429 ``RATE_LIMIT_EXCEEDED`` with ``Retry-After``. When a pool's queues are full, submissions
+answer 503 with ``Retry-After`` (:func:`check_capacity`).
+"""
+
+from __future__ import annotations
+
+from flask import Flask, g, request
+
+from api.request_context import services, tenant
+from inferno_jobs.errors import QueueFull, RateLimitExceeded
+from inferno_jobs.metrics import RATE_LIMITED
+from inferno_jobs.queue import pool_queues
+from inferno_jobs.ratelimit import Limits, RateLimiter, estimate_tokens
+
+LIMITED_PATHS = frozenset({"/jobs", "/batches", "/batch", "/inference", "/inference/stream", "/embeddings",
+                           "/predict", "/predict/batch", "/predict/async"})
+CONCURRENCY_RETRY_AFTER_S = 2
+
+
+def rate_limited(method: str, path: str) -> bool:
+    """Whether a request counts against its key's limits: work-submitting POSTs."""
+    return method == "POST" and (path in LIMITED_PATHS or path.startswith("/v1/"))
+
+
+def _limiter() -> RateLimiter:
+    svc = services()
+    limiter = getattr(svc, "_rate_limiter", None)
+    if limiter is None:
+        limiter = RateLimiter(svc.redis, svc.store.keys)
+        svc._rate_limiter = limiter
+    return limiter
+
+
+def limits_for_caller() -> Limits | None:
+    """The caller's limits: its key's overrides over the defaults; None when nothing is limited."""
+    settings = services().settings
+    if settings.auth_enabled:
+        tenant()  # authenticates: a bad key is a 401 before anything is counted
+        record = g.get("api_key")
+        return Limits.from_settings(settings).merged(record.limits if record else None)
+    if settings.rate_limit_by_ip:
+        return Limits.from_settings(settings)
+    return None
+
+
+def _subject() -> str:
+    record = g.get("api_key")
+    return record.id if record is not None else f"ip:{request.remote_addr or 'unknown'}"
+
+
+def check_capacity(pool: str, owner: str) -> None:
+    """Refuse a new job when its pool's queues are full (503) or its tenant has too many jobs in flight (429).
+
+    Called by every surface that creates jobs (``api.jobs.submit``). The concurrency count is per tenant, with the
+    calling key's limit; it applies only with auth enabled (with auth disabled every caller is the one local tenant).
+    """
+    svc = services()
+    settings = svc.settings
+    if settings.max_queue_depth:
+        depth = sum(svc.store.queue_depth(q) for q in pool_queues(pool))
+        if depth >= settings.max_queue_depth:
+            svc.store.metrics.inc(RATE_LIMITED, ("queue_depth",))
+            raise QueueFull(f"the {pool} pool has {depth} jobs waiting, its limit (INFERNO_MAX_QUEUE_DEPTH); "
+                            f"retry in {settings.queue_full_retry_after_s} s",
+                            details={"reason": "queue_full", "pool": pool, "depth": depth,
+                                     "max_queue_depth": settings.max_queue_depth},
+                            retry_after_s=settings.queue_full_retry_after_s)
+    if not settings.auth_enabled:
+        return
+    limits = g.get("rate_limits") or limits_for_caller()
+    if limits is not None and limits.concurrent:
+        active = svc.store.active_count(owner)
+        if active >= limits.concurrent:
+            svc.store.metrics.inc(RATE_LIMITED, ("concurrent",))
+            raise RateLimitExceeded(
+                f"too many jobs in flight: {active} queued or running, the limit is {limits.concurrent}; "
+                f"retry after {CONCURRENCY_RETRY_AFTER_S} seconds",
+                details={"limit": "concurrent", "limit_value": limits.concurrent, "active": active,
+                         "retry_after": CONCURRENCY_RETRY_AFTER_S},
+                retry_after_s=CONCURRENCY_RETRY_AFTER_S)
+
+
+def init_app(app: Flask) -> None:
+    """Count each rate-limited request before its view runs and put the headers on its response."""
+
+    @app.before_request
+    def _count():
+        if not rate_limited(request.method, request.path):
+            return
+        limits = limits_for_caller()
+        if limits is None or not (limits.rpm or limits.rph or limits.tpm):
+            return
+        g.rate_limits = limits
+        # Only a JSON body is read here: a multipart upload's stream must stay unread for its view.
+        body = request.get_json(silent=True) if request.is_json else None
+        decision = _limiter().hit(_subject(), limits, tokens=estimate_tokens(body) if limits.tpm else 0)
+        g.rate_decision = decision
+        if not decision.allowed:
+            services().store.metrics.inc(RATE_LIMITED, (decision.refused_by,))
+            what = {"rpm": "requests per minute", "rph": "requests per hour", "tpm": "tokens per minute"}
+            raise RateLimitExceeded(
+                f"Rate limit exceeded ({what[decision.refused_by]}). Please retry after {decision.retry_after_s} "
+                "seconds.", details={"limit": decision.refused_by, "retry_after": decision.retry_after_s},
+                retry_after_s=decision.retry_after_s)
+
+    @app.after_request
+    def _headers(response):
+        decision = g.get("rate_decision")
+        if decision is not None and (decision.limit or decision.tokens_limit):
+            response.headers.update(decision.headers())
+        return response

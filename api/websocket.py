@@ -1,0 +1,166 @@
+"""``WS /ws``: the seeds' WebSocket protocol (shared/seeds/000), JSON text messages with a ``type``.
+
+Client -> server: ``auth`` ``{"token"}``; ``inference`` ``{"id", "model", "prompt" | "messages", "max_tokens",
+..., "stream": true}``; ``cancel`` ``{"id"}``; ``ping``. Server -> client: ``auth`` ``{"authenticated": true}``,
+``token`` ``{"id", "token", "index"}``, ``complete`` ``{"id", "job_id", "text", "finish_reason", "usage"}``,
+``error`` ``{"id"?, "code", "message"}``, ``pong``.
+
+Each inference is a high-priority streaming job; a thread per request forwards its tokens. ``cancel`` and a
+closed socket cancel the socket's unfinished jobs. Served by flask-sock (simple-websocket): under gunicorn each
+open socket holds one worker thread, so ``inferno-jobs api --threads`` bounds the open sockets per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+
+from flask import Blueprint, current_app, request
+from flask_sock import Sock
+from simple_websocket import ConnectionClosed
+
+from api.compat_schemas import WebSocketInference, load_request
+from api.request_context import services
+from api.seed_inference import generation_job
+from api.sync_jobs import job_error, stream_tokens
+from inferno_jobs.apikey import LOCAL_TENANT
+from inferno_jobs.errors import AuthenticationFailed, Conflict, InfernoError, InvalidRequest, JobNotFound
+from inferno_jobs.job import Job, JobStatus, isoformat, now
+
+bp = Blueprint("websocket", __name__)
+sock = Sock()
+
+
+class Session:
+    """One WebSocket connection: its tenant, its unfinished jobs, and a lock that serialises sends."""
+
+    def __init__(self, ws, app):
+        self.ws = ws
+        self.app = app
+        self.svc = services()
+        self.tenant: str | None = None
+        self.jobs: dict[str, str] = {}  # request id -> job id, while unfinished
+        self.lock = threading.Lock()
+
+    def send(self, message: dict) -> None:
+        with self.lock:
+            self.ws.send(json.dumps(message, separators=(",", ":")))
+
+    def error(self, exc: InfernoError, request_id: str | None = None) -> None:
+        self.send({"type": "error", "id": request_id, "code": exc.code, "message": exc.message,
+                   "details": exc.details})
+
+    # -- the receive loop ----------------------------------------------------------------------------------------
+
+    def authenticate_from_headers(self) -> None:
+        if not self.svc.settings.auth_enabled:
+            self.tenant = LOCAL_TENANT
+            return
+        header = request.headers.get("Authorization", "")
+        key = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("X-API-Key")
+        if key:
+            with contextlib.suppress(InfernoError):
+                self.tenant = self.svc.keyring.authenticate(key).tenant
+
+    def run(self) -> None:
+        self.authenticate_from_headers()
+        try:
+            while True:
+                raw = self.ws.receive()
+                if raw is None:
+                    continue
+                try:
+                    self.handle(raw)
+                except InfernoError as exc:
+                    self.error(exc, _request_id(raw))
+        finally:
+            self.cancel_all()
+
+    def handle(self, raw) -> None:
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            raise InvalidRequest("messages must be JSON objects") from None
+        if not isinstance(message, dict):
+            raise InvalidRequest("messages must be JSON objects")
+        kind = message.get("type")
+        if kind == "ping":
+            self.send({"type": "pong", "id": message.get("id"), "timestamp": isoformat(now())})
+        elif kind == "auth":
+            token = message.get("token")
+            self.tenant = (LOCAL_TENANT if not self.svc.settings.auth_enabled
+                           else self.svc.keyring.authenticate(token if isinstance(token, str) else None).tenant)
+            self.send({"type": "auth", "authenticated": True})
+        elif kind == "inference":
+            self.inference(message)
+        elif kind == "cancel":
+            self.cancel(message.get("id"))
+        else:
+            raise InvalidRequest("type must be one of auth, inference, cancel, ping", details={"field": "type"})
+
+    def inference(self, message: dict) -> None:
+        if self.tenant is None:
+            raise AuthenticationFailed("send {\"type\": \"auth\", \"token\": \"<key>\"} first")
+        data = load_request(WebSocketInference(), message)
+        request_id = data.get("id") or f"ws_{len(self.jobs)}_{now():.0f}"
+        if request_id in self.jobs:
+            raise InvalidRequest(f"request {request_id} is still running", details={"field": "id"})
+        job = generation_job(data, self.tenant, stream=True)
+        self.jobs[request_id] = job.id
+        threading.Thread(target=self.forward, args=(request_id, job, data["stream"]), daemon=True,
+                         name=f"ws-{job.id}").start()
+
+    def forward(self, request_id: str, job: Job, stream: bool) -> None:
+        """Send a job's tokens (when it streams) and its end to the client."""
+        with self.app.test_request_context():  # stream_tokens reads the app's services
+            try:
+                for kind, value in stream_tokens(job):
+                    if kind == "token" and stream:
+                        self.send({"type": "token", "id": request_id, **value})
+                    elif kind == "end":
+                        self.send(self.complete(request_id, value))
+                    elif kind == "error":
+                        self.error(value, request_id)
+            except ConnectionClosed:
+                pass
+            finally:
+                self.jobs.pop(request_id, None)
+
+    @staticmethod
+    def complete(request_id: str, job: Job) -> dict:
+        if job.status is JobStatus.SUCCEEDED:
+            result = job.result
+            text = result["message"]["content"] if "message" in result else result["text"]
+            return {"type": "complete", "id": request_id, "job_id": job.id, "status": job.status.value,
+                    "text": text, "finish_reason": result["finish_reason"], "usage": result["usage"]}
+        if job.status is JobStatus.CANCELED:
+            return {"type": "complete", "id": request_id, "job_id": job.id, "status": job.status.value,
+                    "text": None, "finish_reason": "canceled", "usage": None}
+        exc = job_error(job)
+        return {"type": "error", "id": request_id, "code": exc.code, "message": exc.message, "details": exc.details}
+
+    def cancel(self, request_id) -> None:
+        job_id = self.jobs.get(request_id) if isinstance(request_id, str) else None
+        if job_id is None:
+            raise InvalidRequest(f"no running request {request_id!r} on this connection", details={"field": "id"})
+        with contextlib.suppress(Conflict, JobNotFound):  # it ended meanwhile: its complete message is on its way
+            self.svc.store.cancel(job_id)
+
+    def cancel_all(self) -> None:
+        for job_id in list(self.jobs.values()):
+            with contextlib.suppress(Conflict, JobNotFound):
+                self.svc.store.cancel(job_id)
+
+
+def _request_id(raw) -> str | None:
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        value = json.loads(raw).get("id")
+        return value if isinstance(value, str) else None
+    return None
+
+
+@sock.route("/ws", bp=bp)
+def ws_endpoint(ws):
+    """The WebSocket endpoint (``ws://host/ws``)."""
+    Session(ws, current_app._get_current_object()).run()

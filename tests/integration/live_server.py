@@ -1,0 +1,59 @@
+"""Helpers for tests that need the API on a real socket (the openai client, SSE, WebSocket): a threaded werkzeug
+server, and a worker whose streaming jobs publish tokens slowly enough to cancel one mid-stream."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """The API app on a free port (werkzeug, threaded, as ``inferno-jobs dev`` serves it)."""
+
+    def __init__(self, app):
+        from werkzeug.serving import make_server
+
+        self.port = free_port()
+        self.server = make_server("127.0.0.1", self.port, app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
+
+
+# tiny-gpt makes a token in about a millisecond: too fast to cancel a generation halfway. This sitecustomize,
+# on the worker's PYTHONPATH only, makes each published token take 20 ms more.
+SLOW_TOKENS = '''
+import time
+import workers.streaming as streaming
+
+_publish = streaming.JobStream.on_token
+
+
+def on_token(self, piece, index):
+    time.sleep(0.02)
+    _publish(self, piece, index)
+
+
+streaming.JobStream.on_token = on_token
+'''
+
+
+def slow_token_env(tmp_path: Path) -> dict:
+    """``extra_env`` for a worker whose streaming jobs publish a token every ~20 ms."""
+    shim = tmp_path / "slow_tokens"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(SLOW_TOKENS)
+    return {"PYTHONPATH": f"{shim}:{ROOT}"}

@@ -1,0 +1,106 @@
+"""The official ``openai`` client against a real HTTP server and a real worker: chat (plain and streaming),
+completions, embeddings, models, and its typed errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from inferno_jobs.apikey import KeyRing
+from tests.integration.live_server import LiveServer
+
+pytestmark = pytest.mark.integration
+openai = pytest.importorskip("openai", reason="the openai client is in the dev extra")
+
+
+@pytest.fixture
+def server(live_settings, live_redis):
+    from api import create_app
+
+    servers = []
+
+    def start(**overrides):
+        settings = dataclasses.replace(live_settings, **overrides)
+        servers.append(LiveServer(create_app(settings, redis_client=live_redis)))
+        return servers[-1]
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_chat_completions_embeddings_and_models(server, start_worker, tinygpt_dir, minilm_dir):
+    client = openai.OpenAI(base_url=server().url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    start_worker()
+    assert {"tiny-gpt", "minilm", "iris"} <= {m.id for m in client.models.list()}
+    assert client.models.retrieve("tiny-gpt").owned_by == "inferno-jobs"
+
+    messages = [{"role": "user", "content": "Tell me a fable."}]
+    chat = client.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=24, temperature=0.8,
+                                          seed=11)
+    assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].message.content and chat.choices[0].finish_reason in ("stop", "length")
+    assert 0 < chat.usage.completion_tokens <= 24
+
+    # Streaming: the same seed gives the same text, piece by piece.
+    chunks = list(client.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=24,
+                                                 temperature=0.8, seed=11, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert len([p for p in pieces if p]) > 1
+    assert "".join(pieces) == chat.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == chat.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+
+    completion = client.completions.create(model="tiny-gpt", prompt="The fox", max_tokens=12, seed=3,
+                                           temperature=0.5)
+    assert completion.object == "text_completion" and completion.choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="tiny-gpt", prompt="The fox", max_tokens=12, seed=3, temperature=0.5, stream=True))
+    assert streamed == completion.choices[0].text
+
+    # The client asks for base64 and decodes it: the vectors are the minilm ones.
+    emb = client.embeddings.create(model="minilm", input=["A man is playing a guitar.", "Someone plays guitar.",
+                                                          "The stock market fell today."])
+    vectors = [np.asarray(d.embedding) for d in emb.data]
+    assert len(vectors[0]) == 384 and np.allclose([np.linalg.norm(v) for v in vectors], 1, atol=1e-4)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+    floats = client.embeddings.create(model="minilm", input="hello", encoding_format="float")
+    assert len(floats.data[0].embedding) == 384 and emb.usage.prompt_tokens > 0
+
+
+def test_the_client_raises_its_typed_errors(server, live_settings, live_redis):
+    plain = openai.OpenAI(base_url=server(sync_wait_s=1).url + "/v1", api_key="unused", max_retries=2)
+    messages = [{"role": "user", "content": "Hello"}]
+    with pytest.raises(openai.BadRequestError) as bad:
+        plain.chat.completions.create(model="tiny-gpt", messages=messages, temperature=3.0)
+    assert "temperature must be between 0 and 2" in bad.value.message and bad.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError, match="input length must not exceed 8000"):
+        plain.embeddings.create(model="minilm", input="a" * 8001)
+    with pytest.raises(openai.NotFoundError) as missing:
+        plain.chat.completions.create(model="unknown", messages=messages)
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError, match="endpoint not found"):
+        plain.get("/invalid", cast_to=object)
+
+    # No worker: the synchronous wait ends in 504 with the job id, and the client does not retry it.
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as timeout:
+        plain.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=4)
+    assert timeout.value.status_code == 504 and "job_" in timeout.value.message
+    assert time.monotonic() - started < 4  # one wait of 1 s, no retries
+
+    settings = dataclasses.replace(live_settings, auth="required")
+    key = KeyRing(live_redis, settings).create("sdk", limits={"rpm": 1})[0]
+    url = server(auth="required").url + "/v1"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url, api_key="ij_wrong", max_retries=0).models.list()
+    keyed = openai.OpenAI(base_url=url, api_key=key, max_retries=0)
+    assert keyed.models.list().data
+    with pytest.raises(openai.BadRequestError):  # counted by the rate limiter: 1 per minute
+        keyed.chat.completions.create(model="tiny-gpt", messages=messages, top_p=1.5)
+    with pytest.raises(openai.RateLimitError):
+        keyed.chat.completions.create(model="tiny-gpt", messages=messages, top_p=1.5)

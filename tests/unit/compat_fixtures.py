@@ -1,0 +1,113 @@
+"""Fixtures for the synchronous surfaces' unit tests: a model directory of configs only, and a Celery stand-in that
+runs each job at once through the real BatchRunner with a fake engine (no ONNX, no processes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from inferno_jobs.model import ModelRepository
+from inferno_jobs.store import JobStore
+from tests.conftest import RecordingCelery
+from workers.batching import BatchRunner
+from workers.celery_app import RUN_JOB
+
+CONFIGS = {
+    "tiny-gpt": {"type": "completion", "context_length": 256, "max_batch_size": 16},
+    "minilm": {"type": "embedding", "dim": 4, "max_batch_size": 64},
+    "iris": {"type": "predict", "task": "classification", "n_features": 4, "labels": ["setosa", "versicolor",
+                                                                                      "virginica"]},
+    "diabetes": {"type": "predict", "task": "regression", "n_features": 10},
+}
+TOKENS = ["Once", " upon", " a", " time"]
+
+
+def fake_run(model: str, inputs: list[dict]) -> list:
+    out = []
+    for item in inputs:
+        if "features" in item:
+            n = len(item["features"])
+            result = {"predictions": [0] * n} if model == "iris" else {"predictions": [151.5] * n}
+            if model == "iris":
+                result["probabilities"] = [[0.9, 0.05, 0.05]] * n
+                result["labels"] = ["setosa"] * n
+            out.append(result)
+        elif "input" in item:
+            texts = [item["input"]] if isinstance(item["input"], str) else item["input"]
+            out.append({"embeddings": [[0.5, 0.5, 0.5, 0.5]] * len(texts), "dim": 4,
+                        "usage": {"prompt_tokens": 3 * len(texts), "total_tokens": 3 * len(texts)}})
+        else:
+            out.append(fake_generate(item))
+    return out
+
+
+def fake_generate(item: dict, on_token=None, should_stop=None) -> dict:
+    text, finish = "", "stop"
+    for i, piece in enumerate(TOKENS):
+        if should_stop is not None and should_stop():
+            finish = "canceled"
+            break
+        if on_token:
+            on_token(piece, i)
+        text += piece
+    usage = {"prompt_tokens": 2, "completion_tokens": len(TOKENS), "total_tokens": 2 + len(TOKENS)}
+    if "messages" in item:
+        return {"message": {"role": "assistant", "content": text}, "finish_reason": finish, "usage": usage}
+    return {"text": text, "finish_reason": finish, "usage": usage}
+
+
+def fake_stream(model: str, item: dict, on_token, should_stop) -> dict:
+    return fake_generate(item, on_token, should_stop)
+
+
+class InlineCelery(RecordingCelery):
+    """Runs every job the moment it is sent (``run = False`` leaves them queued, as with no worker)."""
+
+    def __init__(self, store: JobStore, models: ModelRepository):
+        super().__init__()
+        self.store, self.models, self.run = store, models, True
+
+    def send_task(self, name, args=None, kwargs=None, **options):
+        super().send_task(name, args, kwargs, **options)
+        if name == RUN_JOB and self.run:
+            BatchRunner(self.store, fake_run, model_config=self.models.get, engine_stream=fake_stream).run(args[0])
+
+
+@pytest.fixture
+def compat_models(tmp_path):
+    for name, config in CONFIGS.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"device": "cpu", **config}))
+    return tmp_path
+
+
+@pytest.fixture
+def inline(fake_redis, settings, compat_models):
+    from inferno_jobs.config import Settings
+
+    merged = Settings.from_env({}, **{**settings.__dict__, "model_dir": compat_models})
+    return InlineCelery(JobStore(fake_redis, merged), ModelRepository(compat_models))
+
+
+@pytest.fixture
+def app_of(fake_redis, settings, compat_models, inline):
+    """Build an app on fakeredis with the inline worker; keyword arguments override settings."""
+    from api import create_app
+    from inferno_jobs.config import Settings
+
+    def build(**overrides):
+        merged = Settings.from_env({}, **{**settings.__dict__, "model_dir": compat_models, **overrides})
+        return create_app(merged, redis_client=fake_redis, celery=inline)
+    return build
+
+
+def sse_events(response) -> list:
+    """The ``data:`` payloads of an SSE body (JSON decoded, ``[DONE]`` kept as a string)."""
+    out = []
+    for block in response.get_data(as_text=True).split("\n\n"):
+        for line in block.splitlines():
+            if line.startswith("data: "):
+                payload = line[6:]
+                out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
