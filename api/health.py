@@ -40,7 +40,7 @@ def snapshot() -> dict:
     try:
         svc.redis.ping()
         workers = workers_online()
-        queues = {q: svc.store.queue_depth(q) for q in all_queues()}
+        queues = dict(zip(all_queues(), svc.store.queue_depths(all_queues())))
         redis_state = "ok"
     except Exception:
         workers, queues, redis_state = [], {}, "down"

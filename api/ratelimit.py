@@ -63,7 +63,7 @@ def check_capacity(pool: str, owner: str) -> None:
     svc = services()
     settings = svc.settings
     if settings.max_queue_depth:
-        depth = sum(svc.store.queue_depth(q) for q in pool_queues(pool))
+        depth = sum(svc.store.queue_depths(pool_queues(pool)))
         if depth >= settings.max_queue_depth:
             svc.store.metrics.inc(RATE_LIMITED, ("queue_depth",))
             raise QueueFull(f"the {pool} pool has {depth} jobs waiting, its limit (INFERNO_MAX_QUEUE_DEPTH); "

@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [submit e2e priority embeddings memory]``: run the chosen parts (all by
+"""``python -m bench [--quick] [submit e2e priority embeddings batchfile memory]``: run the chosen parts (all by
 default) against a private Redis, a real API server and real workers, and print one table of ratios."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from bench import machine
 from bench.report import Row, table
 from bench.stack import Stack
 
-PARTS = ["submit", "e2e", "priority", "embeddings", "memory"]
+PARTS = ["submit", "e2e", "priority", "embeddings", "batchfile", "memory"]
 
 
 @dataclass
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = args.model_dir or Settings.from_env().model_dir
     from inferno_jobs.demo import build_demo
 
-    built = build_demo(model_dir, ["iris", "minilm"] if "embeddings" in parts or "memory" in parts else ["iris"])
+    built = build_demo(model_dir, ["iris", "minilm"] if {"embeddings", "batchfile", "memory"} & set(parts) else ["iris"])
     for name, where in built.items():
         if where.startswith("skipped"):
             print(f"warning: {name} {where}", file=sys.stderr)

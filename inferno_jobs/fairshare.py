@@ -67,8 +67,3 @@ def next_ids(client, keys: Keyspace, queue: str, limit: int) -> list[str]:
     """Up to ``limit`` queued job ids of ``queue`` in fair-share order: the ones to claim next."""
     ids = client.zrange(keys.fair_queue(queue), 0, limit - 1)
     return [i.decode() if isinstance(i, bytes) else i for i in ids]
-
-
-def rank(client, keys: Keyspace, queue: str, job_id: str) -> int | None:
-    """How many queued jobs of ``queue`` are claimed before ``job_id`` (None if it is not in the fair order)."""
-    return client.zrank(keys.fair_queue(queue), job_id)

@@ -7,7 +7,7 @@ follow from it change together or not at all. Celery's result backend is not use
 from __future__ import annotations
 
 import json
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import redis
 
@@ -56,18 +56,16 @@ class JobStore:
         if job.status is not JobStatus.QUEUED:
             return None
         own = queue_name(job.pool, job.priority)
-        # Workers claim in fair-share order (inferno_jobs/fairshare.py); jobs queued before it existed keep FIFO.
-        rank = fairshare.rank(self.redis, self.keys, own, job.id)
-        if rank is None:
-            rank = self.redis.zrank(self.keys.queued(own), job.id)
-        if rank is None:
-            return None
-        ahead = 0
-        for priority in PRIORITY_ORDER:
-            if priority is job.priority:
-                break
-            ahead += self.redis.zcard(self.keys.queued(queue_name(job.pool, priority)))
-        return ahead + rank
+        higher = [queue_name(job.pool, p) for p in PRIORITY_ORDER[:PRIORITY_ORDER.index(job.priority)]]
+        with self.redis.pipeline(transaction=False) as pipe:  # one round trip
+            # Workers claim in fair-share order (inferno_jobs/fairshare.py); jobs queued before it existed keep FIFO.
+            pipe.zrank(self.keys.fair_queue(own), job.id)
+            pipe.zrank(self.keys.queued(own), job.id)
+            for queue in higher:
+                pipe.zcard(self.keys.queued(queue))
+            fair, fifo, *ahead = pipe.execute()
+        rank = fair if fair is not None else fifo
+        return None if rank is None else sum(ahead) + rank
 
     def list(self, tenant: str, *, status: str | None = None, type: str | None = None,
              batch_id: str | None = None, limit: int = 20, cursor: str | None = None) -> tuple[list[Job], str | None]:
@@ -201,20 +199,37 @@ class JobStore:
         ``change`` edits the job in place (through :func:`transition` for status moves); returning False
         means "nothing to write". Exceptions it raises propagate and nothing is written.
         """
-        key = self.keys.job(job_id)
+        jobs = self.mutate_many([job_id], change)
+        if not jobs:
+            raise JobNotFound(f"job {job_id} not found")
+        return jobs[0]
+
+    def mutate_many(self, job_ids: list[str], change: Callable[[Job], bool | None]) -> list[Job]:
+        """:meth:`mutate` for several jobs in one transaction (one WATCH, one MGET, one MULTI): how a
+        micro-batch claims and finishes its jobs without a round trip per job. Jobs that no longer exist are
+        left out of the returned list; the others come back in order, changed or not."""
+        keys = [self.keys.job(i) for i in job_ids]
         while True:
             with self.redis.pipeline() as pipe:
                 try:
-                    pipe.watch(key)
-                    job = self._load(pipe.get(key), job_id)
-                    before = job.status
-                    if change(job) is False:
+                    pipe.watch(*keys)
+                    jobs, writes = [], []
+                    for raw in pipe.mget(keys):
+                        if raw is None:
+                            continue
+                        job = Job.from_dict(json.loads(raw))
+                        before = job.status
+                        if change(job) is not False:
+                            writes.append((job, before))
+                        jobs.append(job)
+                    if not writes:
                         pipe.unwatch()
-                        return job
+                        return jobs
                     pipe.multi()
-                    self._write(pipe, job, before)
+                    for job, before in writes:
+                        self._write(pipe, job, before)
                     pipe.execute()
-                    return job
+                    return jobs
                 except redis.WatchError:
                     continue
 
@@ -227,15 +242,23 @@ class JobStore:
 
         A job whose cancellation was requested while it ran ends ``canceled`` rather than ``succeeded``.
         """
+        jobs = self.finish_many({job_id: (to, result, error)})
+        if not jobs:
+            raise JobNotFound(f"job {job_id} not found")
+        return jobs[0]
+
+    def finish_many(self, endings: dict[str, tuple[JobStatus, Any, dict | None]]) -> list[Job]:
+        """:meth:`finish` for the jobs of one micro-batch in one transaction: ``{job_id: (status, result, error)}``."""
         def change(job: Job):
             if job.status.terminal:
                 return False
+            to, result, error = endings[job.id]
             if job.cancel_requested and to is JobStatus.SUCCEEDED:
                 transition(job, JobStatus.CANCELED,
                            error={"code": "CANCELED", "message": "canceled by request while running"})
                 return
             transition(job, to, result=result, error=error)
-        return self.mutate(job_id, change)
+        return self.mutate_many(list(endings), change)
 
     def cancel(self, job_id: str, tenant: str | None = None) -> Job:
         """Cancel a job: a queued job becomes ``canceled`` at once and never runs; a running one is flagged.
@@ -303,6 +326,12 @@ class JobStore:
         expired while queued, or is running under a live lease of another worker (a duplicate delivery).
         A job that already used ``max_attempts`` attempts fails instead of running again.
         """
+        claimed = self.claim_many([job_id], worker, owner_alive)
+        return claimed[0] if claimed else None
+
+    def claim_many(self, job_ids: list[str], worker: str,
+                   owner_alive: Callable[[str], bool] = lambda owner: True) -> list[Job]:
+        """:meth:`claim` for several jobs in one transaction; returns the ones this worker now runs, in order."""
         def change(job: Job):
             t = now()
             if job.status is JobStatus.QUEUED:
@@ -325,14 +354,9 @@ class JobStore:
             transition(job, JobStatus.RUNNING, at=t, worker=worker)
             job.lease_owner = worker
             job.lease_expires_at = t + self.settings.lease_s
-        try:
-            job = self.mutate(job_id, change)
-        except JobNotFound:
-            return None
-        if job.status is JobStatus.RUNNING and job.lease_owner == worker and job.attempts[-1].worker == worker \
-                and job.attempts[-1].finished_at is None:
-            return job
-        return None
+        return [job for job in self.mutate_many(job_ids, change)
+                if job.status is JobStatus.RUNNING and job.lease_owner == worker and job.attempts
+                and job.attempts[-1].worker == worker and job.attempts[-1].finished_at is None]
 
     def release(self, job_id: str) -> Job | None:
         """Orphan a running job whose lease ran out, so that its next delivery takes it over.
@@ -419,6 +443,13 @@ class JobStore:
     def queue_depth(self, queue: str) -> int:
         """How many jobs wait in ``queue``."""
         return self.redis.zcard(self.keys.queued(queue))
+
+    def queue_depths(self, queues: list[str]) -> list[int]:
+        """How many jobs wait in each of ``queues``, in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.zcard(self.keys.queued(queue))
+            return pipe.execute()
 
 
 __all__ = ["JobStore", "IllegalTransition"]

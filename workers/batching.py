@@ -97,10 +97,9 @@ class BatchRunner:
         # Jobs of a paused queue stay where they are (inferno_jobs/control.py).
         skip = paused_priorities(QueueControl(self.store).paused(), first.pool)
         while len(jobs) < model.max_batch_size:
-            for job_id in self.store.waiting(model.name, model.max_batch_size - len(jobs), skip):
-                job = self.claim(job_id)
-                if job is not None:
-                    jobs.append(job)
+            waiting = self.store.waiting(model.name, model.max_batch_size - len(jobs), skip)
+            if waiting:
+                jobs += self.store.claim_many(waiting, self.worker, owner_alive)
             if len(jobs) >= model.max_batch_size or time.monotonic() >= deadline:
                 break
             time.sleep(min(0.002, max(0.0, deadline - time.monotonic())))
@@ -133,15 +132,21 @@ class BatchRunner:
                 outcomes = [exc] * len(jobs)
             except Exception as exc:  # the engine failing as a whole fails this batch, never hangs it
                 outcomes = [InferenceFailed(f"inference failed: {exc}")] * len(jobs)
-        return [self.finish(job, outcome) for job, outcome in zip(jobs, outcomes)]
+        return self.finish(jobs, outcomes)
 
-    def finish(self, job: Job, outcome) -> Job:
-        """Store one job's outcome: its result, its error, or ``timed_out`` past its deadline."""
+    def finish(self, jobs: list[Job], outcomes: list) -> list[Job]:
+        """Store every job's outcome in one transaction: its result, its error, or ``timed_out`` past its deadline."""
+        endings = {job.id: self.ending(job, outcome) for job, outcome in zip(jobs, outcomes)}
+        return self.store.finish_many(endings)
+
+    @staticmethod
+    def ending(job: Job, outcome) -> tuple[JobStatus, object, dict | None]:
+        """``(status, result, error)`` for one job's outcome."""
         if isinstance(outcome, Timeout):
-            return self.store.finish(job.id, JobStatus.TIMED_OUT, error=outcome.to_dict())
+            return JobStatus.TIMED_OUT, None, outcome.to_dict()
         if isinstance(outcome, InfernoError):
-            return self.store.finish(job.id, JobStatus.FAILED, error=outcome.to_dict())
+            return JobStatus.FAILED, None, outcome.to_dict()
         if job.deadline is not None and now() > job.deadline:
-            return self.store.finish(job.id, JobStatus.TIMED_OUT, error={
-                "code": "TIMEOUT", "message": f"run took longer than timeout_s={job.timeout_s}"})
-        return self.store.finish(job.id, JobStatus.SUCCEEDED, result=outcome)
+            return JobStatus.TIMED_OUT, None, {"code": "TIMEOUT",
+                                               "message": f"run took longer than timeout_s={job.timeout_s}"}
+        return JobStatus.SUCCEEDED, outcome, None

@@ -1,0 +1,52 @@
+"""Batch file: a 10,000-line embedding JSONL file through ``POST /batches`` (chunks of the model's max batch,
+one ONNX Runtime call each) beside a raw ONNX Runtime batch-64 loop over the same texts, in one run."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import requests
+
+from bench.embeddings import _raw, sentences
+from bench.report import Row
+
+
+def run(ctx) -> list[Row]:
+    from workers.engine import Engine
+
+    stack = ctx.stack
+    if not (stack.model_dir / "minilm" / "model.onnx").is_file():
+        return [Row("batchfile", "minilm not built: skipped", 0, "")]
+    total = 2000 if ctx.quick else 10_000
+    texts = sentences(total)
+    # The baseline: what the pool's processes can do together, each with its share of the cores, over the
+    # same texts (one process with every core is the upper bound ONNX Runtime reaches here).
+    whole = Engine(stack.settings, pool="cpu", processes=1)
+    raw64 = _raw(whole.runner("minilm"), texts, 64)
+    del whole
+
+    stack.start_api()
+    stack.start_worker()
+    stack.wait_idle()
+    stack.reset()
+    body = "".join(json.dumps({"custom_id": f"r{i}", "input": t}) + "\n" for i, t in enumerate(texts)).encode()
+    base = f"http://127.0.0.1:{stack.api_port}"
+    started = time.perf_counter()
+    r = requests.post(f"{base}/batches", files={"file": ("prompts.jsonl", body)},
+                      data={"model": "minilm", "type": "embedding"}, timeout=300)
+    r.raise_for_status()
+    batch_id = r.json()["id"]
+    while True:
+        batch = requests.get(f"{base}/batches/{batch_id}", timeout=30).json()
+        if batch["status"] in ("completed", "failed", "canceled"):
+            break
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    counts = batch["request_counts"]
+    return [
+        Row("batchfile", "raw ORT minilm, batch 64 (same texts)", raw64, "texts/s", note="1 process, all cores"),
+        Row("batchfile", f"{total}-line embedding file vs raw batch 64", total / elapsed, "texts/s", baseline=raw64,
+            target=0.9, note=f"{counts['completed']}/{counts['total']} completed, upload and polling included; "
+                             f"worker -c {stack.concurrency}"),
+    ]
