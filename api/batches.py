@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context, url_for
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, fields, validate
 
 from api.body import json_body, load
 from api.deliveries import DeliveryList, dispatch_webhooks

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import re
 
-import pytest
 import yaml
 
 from inferno_jobs.config import SETTING_NAMES

@@ -3,17 +3,11 @@ server, and a worker whose streaming jobs publish tokens slowly enough to cancel
 
 from __future__ import annotations
 
-import socket
 import threading
 from pathlib import Path
 
+from inferno_jobs.redis_server import free_port
 from tests.conftest import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:

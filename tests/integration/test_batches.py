@@ -12,14 +12,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
 
 from inferno_jobs.apikey import KeyRing
 from inferno_jobs.demo.tabular import reference
-from inferno_jobs.redis_server import free_port
+from tests.integration.live_server import LiveServer
 from tests.conftest import ROOT, wait_for
 from tests.slow_model import build_slow_model
 
@@ -113,23 +112,6 @@ def test_cancel_stops_unstarted_chunks_and_keeps_finished_results(api, start_wor
     assert api.post(f"/batches/{batch['id']}/cancel").status_code == 409
 
 
-class Server:
-    """The API app on a real HTTP port (werkzeug, threaded) for clients that need a socket."""
-
-    def __init__(self, app):
-        from werkzeug.serving import make_server
-
-        self.port = free_port()
-        self.server = make_server("127.0.0.1", self.port, app, threaded=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def close(self):
-        self.server.shutdown()
-        self.thread.join(5)
-
-
 def test_the_openai_client_and_the_cli_against_a_real_server(live_settings, live_redis, start_worker, minilm_dir,
                                                              tmp_path):
     openai = pytest.importorskip("openai", reason="the openai client is in the dev extra")
@@ -137,7 +119,7 @@ def test_the_openai_client_and_the_cli_against_a_real_server(live_settings, live
 
     settings = dataclasses.replace(live_settings, auth="required")
     key = KeyRing(live_redis, settings).create("sdk")[0]
-    server = Server(create_app(settings, redis_client=live_redis))
+    server = LiveServer(create_app(settings, redis_client=live_redis))
     try:
         start_worker()
         texts = [f"sentence number {i} about {'cats' if i % 2 else 'the stock market'}" for i in range(40)]
