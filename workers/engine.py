@@ -18,19 +18,12 @@ from workers.runner import Runner
 
 
 def runner_classes() -> dict[str, type[Runner]]:
-    """The runner for each model type."""
+    """The runner for each model type (imported on first use, in the worker process that loads a model)."""
+    from workers.embedding import EmbeddingRunner
+    from workers.generation import GenerationRunner
     from workers.tabular import TabularRunner
 
-    classes: dict[str, type[Runner]] = {"predict": TabularRunner}
-    try:
-        from workers.embedding import EmbeddingRunner
-        from workers.generation import GenerationRunner
-    except ImportError:  # pragma: no cover - the text runners arrive with their own modules
-        pass
-    else:
-        classes["embedding"] = EmbeddingRunner
-        classes["completion"] = GenerationRunner
-    return classes
+    return {"predict": TabularRunner, "embedding": EmbeddingRunner, "completion": GenerationRunner}
 
 
 def providers_for(pool: str) -> list[str]:
