@@ -16,6 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from inferno_jobs.batchstore import BatchStore
 from inferno_jobs.delivery import dispatch_outbox
 from inferno_jobs.errors import BatchNotFound, InfernoError, InferenceFailed, Timeout
+from inferno_jobs.metrics import BATCH_LINES, Metrics
 from workers.batching import worker_identity
 from workers.celery_app import RUN_BATCH_CHUNK, app
 from workers.runtime import runtime
@@ -27,10 +28,11 @@ class ChunkRunner:
     """Runs chunks of batches. ``engine_run(model, inputs)`` returns one result or :class:`InfernoError` each."""
 
     def __init__(self, batches: BatchStore, engine_run: Callable[[str, list[dict]], list], *,
-                 timeout_errors: tuple[type[BaseException], ...] = ()):
+                 timeout_errors: tuple[type[BaseException], ...] = (), metrics: Metrics | None = None):
         self.batches = batches
         self.engine_run = engine_run
         self.timeout_errors = timeout_errors
+        self.metrics = metrics
 
     def run(self, batch_id: str, index: int) -> int | None:
         """Run chunk ``index``; returns what :meth:`BatchStore.finish_chunk` returned, None for a no-op."""
@@ -54,7 +56,13 @@ class ChunkRunner:
             outcomes = [InferenceFailed(f"inference failed: {exc}")] * len(inputs)
         stored = [(item, None, outcome.to_dict()) if isinstance(outcome, InfernoError) else (item, outcome, None)
                   for (item, _), outcome in zip(work, outcomes)]
-        return self.batches.finish_chunk(batch_id, index, stored)
+        code = self.batches.finish_chunk(batch_id, index, stored)
+        if self.metrics is not None and code in (1, 2):  # counted by the one delivery that stored the chunk
+            failed = sum(error is not None for _, _, error in stored)
+            for status, n in (("succeeded", len(stored) - failed), ("failed", failed)):
+                if n:
+                    self.metrics.inc(BATCH_LINES, (batch.model, status), n)
+        return code
 
 
 @app.task(name=RUN_BATCH_CHUNK, bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -62,7 +70,7 @@ def run_batch_chunk(self, batch_id: str, index: int) -> None:
     """Run chunk ``index`` of batch ``batch_id``."""
     store = runtime.store
     runner = ChunkRunner(BatchStore(store.redis, runtime.settings), runtime.engine.run,
-                         timeout_errors=(SoftTimeLimitExceeded,))
+                         timeout_errors=(SoftTimeLimitExceeded,), metrics=store.metrics)
     outcome = runner.run(batch_id, index)
     if outcome is None:
         return

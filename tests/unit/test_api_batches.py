@@ -323,3 +323,22 @@ def test_chunks_whose_messages_were_lost_are_listed_once_per_resend_period(clien
     assert batches.stale_chunks(60) == []  # marked re-sent: not again before another period
     monkeypatch.setattr(batchstore_module, "now", lambda: created + 125)
     assert len(batches.stale_chunks(60)) == 2
+
+
+def test_batch_lines_are_counted_once_per_stored_chunk(client, celery_stub, batches):
+    from inferno_jobs.metrics import BATCH_LINES
+
+    upload(client, rows(70, bad={3}) + json.dumps({"custom_id": "zero", "features": [0, 1, 2, 3]}).encode()
+           + b"\n", model="iris")
+    runner = ChunkRunner(batches, fake_engine, metrics=batches_metrics(batches))
+    sent = [s for s in celery_stub.sent if s["name"] == "inferno.run_batch_chunk"]
+    for message in sent + sent:  # every chunk delivered twice: counted once
+        runner.run(*message["args"])
+    counts = batches_metrics(batches).counter(BATCH_LINES)
+    assert counts == {("iris", "succeeded"): 69, ("iris", "failed"): 1}  # line 3 failed validation, not a run
+
+
+def batches_metrics(batches):
+    from inferno_jobs.metrics import Metrics
+
+    return Metrics(batches.redis, batches.keys)
