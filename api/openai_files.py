@@ -81,6 +81,23 @@ def upload():
     return jsonify(record.to_openai())
 
 
+@bp.get("/files")
+def list_files():
+    """The caller's uploaded files, newest first (OpenAI's list: ``limit`` 1..10000, ``after``, ``purpose``)."""
+    owner = tenant()
+    try:
+        limit = int(request.args.get("limit", 100))
+    except ValueError:
+        raise InvalidRequest("limit must be a whole number", details={"field": "limit"}) from None
+    if not 1 <= limit <= 10_000:
+        raise InvalidRequest("limit must be between 1 and 10000", details={"field": "limit"})
+    files, more = file_store().list(owner, limit=limit, after=request.args.get("after"),
+                                    purpose=request.args.get("purpose"))
+    data = [f.to_openai() for f in files]
+    return jsonify({"object": "list", "data": data, "has_more": more,
+                    "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+
+
 @bp.get("/files/<file_id>")
 def retrieve(file_id: str):
     """A file object (uploads, and batch output/error files)."""

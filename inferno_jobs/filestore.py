@@ -58,6 +58,12 @@ class FileStore:
         """Remove a file; True if it existed."""
         raise NotImplementedError
 
+    def list(self, tenant: str, *, limit: int = 100, after: str | None = None,
+             purpose: str | None = None) -> tuple[list[StoredFile], bool]:
+        """A tenant's uploads, newest first, starting after file id ``after``; returns the page and whether
+        more follow."""
+        raise NotImplementedError
+
 
 class RedisFileStore(FileStore):
     """Files in Redis, each expiring ``file_retention_s`` after upload."""
@@ -103,3 +109,30 @@ class RedisFileStore(FileStore):
             pipe.delete(self.keys.file(file_id))
             pipe.zrem(self.keys.tenant_files(record.tenant), file_id)
             return bool(pipe.execute()[0])
+
+    def list(self, tenant: str, *, limit: int = 100, after: str | None = None,
+             purpose: str | None = None) -> tuple[list[StoredFile], bool]:
+        index = self.keys.tenant_files(tenant)
+        upper = f"({after}" if after else "+"
+        page: list[StoredFile] = []
+        while True:
+            ids = [i.decode() if isinstance(i, bytes) else i
+                   for i in self.redis.zrevrangebylex(index, upper, "-", start=0, num=max(limit, 50))]
+            if not ids:
+                return page, False
+            metas = self.redis.pipeline(transaction=False)
+            for file_id in ids:
+                metas.hget(self.keys.file(file_id), "meta")
+            gone = []
+            for file_id, raw in zip(ids, metas.execute()):
+                upper = f"({file_id}"
+                if raw is None:  # expired past file_retention_s: its index entry stays behind
+                    gone.append(file_id)
+                    continue
+                record = StoredFile(**json.loads(raw))
+                if purpose is None or record.purpose == purpose:
+                    if len(page) == limit:
+                        return page, True
+                    page.append(record)
+            if gone:
+                self.redis.zrem(index, *gone)

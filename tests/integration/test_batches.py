@@ -131,6 +131,8 @@ def test_the_openai_client_and_the_cli_against_a_real_server(live_settings, live
         file = client.files.create(file=("requests.jsonl", ("\n".join(json.dumps(l) for l in lines)).encode()),
                                    purpose="batch")
         assert file.id.startswith("file_") and file.purpose == "batch"
+        assert [f.id for f in client.files.list()] == [file.id]
+        assert [f.id for f in client.files.list(purpose="fine-tune")] == []
         batch = client.batches.create(input_file_id=file.id, endpoint="/v1/embeddings", completion_window="24h")
         assert batch.status in ("validating", "in_progress", "completed")
         batch = wait_for(lambda: (b := client.batches.retrieve(batch.id)).status in ("completed", "failed") and b, 60)

@@ -342,3 +342,18 @@ def batches_metrics(batches):
     from inferno_jobs.metrics import Metrics
 
     return Metrics(batches.redis, batches.keys)
+
+
+def test_v1_files_lists_a_tenants_uploads_newest_first_with_paging(client):
+    ids = []
+    for i in range(3):
+        r = client.post("/v1/files", data={"file": (io.BytesIO(b'{"prompt": "x"}\n'), f"f{i}.jsonl"),
+                                           "purpose": "batch"}, content_type="multipart/form-data")
+        assert r.status_code == 200
+        ids.append(r.get_json()["id"])
+    page = client.get("/v1/files?limit=2").get_json()
+    assert page["object"] == "list" and [f["id"] for f in page["data"]] == ids[:0:-1] and page["has_more"]
+    rest = client.get(f"/v1/files?limit=2&after={page['last_id']}").get_json()
+    assert [f["id"] for f in rest["data"]] == [ids[0]] and not rest["has_more"]
+    bad = client.get("/v1/files?limit=0")
+    assert bad.status_code == 400 and bad.get_json()["error"]["param"] in (None, "limit")
