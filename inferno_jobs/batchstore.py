@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import redis
 
 from inferno_jobs.batch import BATCH_EVENT_FOR_STATUS, Batch, BatchStatus, check_transition
+from inferno_jobs import paging
 from inferno_jobs.batchfile import Line
 from inferno_jobs.config import Settings
 from inferno_jobs.errors import BatchNotFound, Conflict
@@ -129,33 +130,15 @@ class BatchStore:
     def list(self, tenant: str, *, status: str | None = None, limit: int = 20,
              cursor: str | None = None) -> tuple[list[Batch], str | None]:
         """A tenant's batches, newest first; returns a page and the next page's cursor (or None)."""
-        index = self.keys.tenant_batches(tenant)
-        upper = f"({cursor}" if cursor else "+"
-        page: list[Batch] = []
-        while len(page) < limit:
-            ids = [_text(i) for i in self.redis.zrevrangebylex(index, upper, "-", start=0, num=max(limit * 2, 50))]
-            if not ids:
-                return page, None
+        def load(ids: list[str]) -> list[Batch | None]:
             with self.redis.pipeline(transaction=False) as pipe:
                 for batch_id in ids:
                     pipe.hgetall(self.keys.batch(batch_id))
-                raws = pipe.execute()
-            gone = []
-            for batch_id, raw in zip(ids, raws):
-                upper = f"({batch_id}"
-                if not raw:
-                    gone.append(batch_id)
-                    continue
-                batch = Batch.from_hash(batch_id, raw)
-                if status and batch.status.value != status:
-                    continue
-                page.append(batch)
-                if len(page) == limit:
-                    break
-            if gone:  # batches past retention leave their index entries behind
-                self.redis.zrem(index, *gone)
-        more = self.redis.zrevrangebylex(index, upper, "-", start=0, num=1)
-        return page, (page[-1].id if more else None)
+                return [Batch.from_hash(i, raw) if raw else None for i, raw in zip(ids, pipe.execute())]
+
+        page, more = paging.newest_first(self.redis, self.keys.tenant_batches(tenant), limit=limit, cursor=cursor,
+                                         load=load, keep=lambda b: not status or b.status.value == status)
+        return page, (page[-1].id if more and page else None)
 
     def chunk(self, batch_id: str, index: int) -> list[tuple[int, dict]]:
         """``[(item, input)]`` of one chunk."""

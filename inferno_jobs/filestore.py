@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import redis
 
+from inferno_jobs import paging
 from inferno_jobs.config import Settings
 from inferno_jobs.errors import FileNotFound, InvalidRequest
 from inferno_jobs.job import new_id, now
@@ -112,27 +113,11 @@ class RedisFileStore(FileStore):
 
     def list(self, tenant: str, *, limit: int = 100, after: str | None = None,
              purpose: str | None = None) -> tuple[list[StoredFile], bool]:
-        index = self.keys.tenant_files(tenant)
-        upper = f"({after}" if after else "+"
-        page: list[StoredFile] = []
-        while True:
-            ids = [i.decode() if isinstance(i, bytes) else i
-                   for i in self.redis.zrevrangebylex(index, upper, "-", start=0, num=max(limit, 50))]
-            if not ids:
-                return page, False
-            metas = self.redis.pipeline(transaction=False)
-            for file_id in ids:
-                metas.hget(self.keys.file(file_id), "meta")
-            gone = []
-            for file_id, raw in zip(ids, metas.execute()):
-                upper = f"({file_id}"
-                if raw is None:  # expired past file_retention_s: its index entry stays behind
-                    gone.append(file_id)
-                    continue
-                record = StoredFile(**json.loads(raw))
-                if purpose is None or record.purpose == purpose:
-                    if len(page) == limit:
-                        return page, True
-                    page.append(record)
-            if gone:
-                self.redis.zrem(index, *gone)
+        def load(ids: list[str]) -> list[StoredFile | None]:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for file_id in ids:
+                    pipe.hget(self.keys.file(file_id), "meta")
+                return [StoredFile(**json.loads(raw)) if raw else None for raw in pipe.execute()]
+
+        return paging.newest_first(self.redis, self.keys.tenant_files(tenant), limit=limit, cursor=after,
+                                   load=load, keep=lambda f: purpose is None or f.purpose == purpose)

@@ -14,7 +14,7 @@ import redis
 from inferno_jobs.config import Settings
 from inferno_jobs.errors import Conflict, IllegalTransition, JobNotFound
 from inferno_jobs.events import JobEvents
-from inferno_jobs import fairshare
+from inferno_jobs import fairshare, paging
 from inferno_jobs.job import EVENT_FOR_STATUS, Job, JobStatus, new_id, now, transition
 from inferno_jobs.job import retry as requeue
 from inferno_jobs.keyspace import Keyspace
@@ -73,32 +73,17 @@ class JobStore:
 
         The cursor is the id of the last job returned; ids sort by creation time.
         """
-        index = self.keys.tenant_jobs(tenant)
-        upper = f"({cursor}" if cursor else "+"
-        page: list[Job] = []
-        chunk = max(limit * 2, 50)
-        while len(page) < limit:
-            ids = self.redis.zrevrangebylex(index, upper, "-", start=0, num=chunk)
-            if not ids:
-                return page, None
-            ids = [i.decode() if isinstance(i, bytes) else i for i in ids]
-            gone = []
-            for job_id, raw in zip(ids, self.redis.mget([self.keys.job(i) for i in ids])):
-                upper = f"({job_id}"
-                if raw is None:
-                    gone.append(job_id)
-                    continue
-                job = Job.from_dict(json.loads(raw))
-                if ((status and job.status.value != status) or (type and job.type.value != type)
-                        or (batch_id and job.batch_id != batch_id)):
-                    continue
-                page.append(job)
-                if len(page) == limit:
-                    break
-            if gone:  # records past retention leave their index entries behind
-                self.redis.zrem(index, *gone)
-        more = self.redis.zrevrangebylex(index, upper, "-", start=0, num=1)
-        return page, (page[-1].id if more else None)
+        def load(ids: list[str]) -> list[Job | None]:
+            return [Job.from_dict(json.loads(raw)) if raw else None
+                    for raw in self.redis.mget([self.keys.job(i) for i in ids])]
+
+        def keep(job: Job) -> bool:
+            return not ((status and job.status.value != status) or (type and job.type.value != type)
+                        or (batch_id and job.batch_id != batch_id))
+
+        page, more = paging.newest_first(self.redis, self.keys.tenant_jobs(tenant), limit=limit, cursor=cursor,
+                                         load=load, keep=keep)
+        return page, (page[-1].id if more and page else None)
 
     # -- writing ---------------------------------------------------------------------------------------------
 
