@@ -10,7 +10,6 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from inferno_jobs.control import QueueControl
 from inferno_jobs.delivery import dispatch_outbox
 from inferno_jobs.metrics import record_worker_jobs
-from inferno_jobs.model import ModelRepository
 from workers.batching import BatchRunner
 from workers.celery_app import RUN_JOB, app
 from workers.runtime import runtime
@@ -49,8 +48,8 @@ def run_job(self, job_id: str, model: str | None = None, **labels) -> list[dict]
     if queue and queue in QueueControl(runtime.store).paused():
         # Taken just before this worker stopped consuming the paused queue: back to it, nothing runs.
         raise self.retry(countdown=PAUSED_RETRY_S)
-    repository = ModelRepository(runtime.settings.model_dir)
-    runner = BatchRunner(runtime.store, runtime.engine.run, model_config=repository.get,
+    # The engine's repository: model configs are read once per change of config.json, not once per task.
+    runner = BatchRunner(runtime.store, runtime.engine.run, model_config=runtime.engine.repository.get,
                          timeout_errors=(SoftTimeLimitExceeded,), engine_stream=runtime.engine.stream)
     finished = runner.run(job_id)
     if finished:
