@@ -43,15 +43,17 @@ def create_app(settings: Settings | None = None, *, redis_client: redis.Redis | 
                                          keyring=KeyRing(client, settings), models=ModelRepository(settings.model_dir),
                                          celery=celery, started_at=time.time())
 
-    from api import (access_log, batches, controls, deliveries, errors, events, health, jobs, metrics, models,
-                     openai_batches, openai_files, openai_inference, openapi, ratelimit, request_context,
-                     seed_inference, seed_predict, websocket)
+    from api import (access_log, auth, batches, cache, controls, deliveries, errors, events, feature_importance,
+                     health, ingest, jobs, metrics, models, openai_batches, openai_files, openai_inference, openapi,
+                     ratelimit, request_context, runtime_config, seed_inference, seed_models, seed_predict, traces,
+                     websocket)
     from inferno_jobs.tracing import instrument_flask
 
     for module in (request_context, errors, access_log, ratelimit):
         module.init_app(app)
     for module in (jobs, deliveries, batches, openai_files, openai_batches, health, models, controls, metrics,
-                   openapi, events, openai_inference, seed_inference, seed_predict, websocket):
+                   openapi, events, openai_inference, seed_inference, seed_predict, websocket, cache, runtime_config,
+                   seed_models, auth, ingest, feature_importance, traces):
         app.register_blueprint(module.bp)
     instrument_flask(app, settings)
     return app

@@ -14,6 +14,9 @@ from api.controls import SCHEMAS as control_schemas
 from api.deliveries import SCHEMAS as delivery_schemas
 from inferno_jobs import schemas
 
+# Blueprints that describe their own routes and schemas (ROUTES, SCHEMAS), merged into the document.
+SELF_DESCRIBED = ("auth", "cache", "feature_importance", "ingest", "runtime_config", "seed_models", "traces")
+
 bp = Blueprint("openapi", __name__)
 
 ERROR = {"description": "Error", "content": {"application/json": {"schema": "ErrorResponse"}}}
@@ -95,8 +98,20 @@ ROUTES = {
 }
 
 
+def all_routes() -> dict:
+    """``ROUTES`` and the routes of every self-described blueprint."""
+    import importlib
+
+    routes = dict(ROUTES)
+    for name in SELF_DESCRIBED:
+        routes.update(importlib.import_module(f"api.{name}").ROUTES)
+    return routes
+
+
 def build_spec() -> dict:
     """The OpenAPI document as a dict."""
+    import importlib
+
     spec = APISpec(title="inferno-jobs", version=__version__, openapi_version="3.0.3",
                    plugins=[MarshmallowPlugin()],
                    info={"description": "Queue-driven asynchronous inference jobs. See docs/api.md."})
@@ -105,9 +120,12 @@ def build_spec() -> dict:
     for name in ("JobRequest", "JobResponse", "JobList", "ErrorResponse", "ModelResponse", "ModelList",
                  "ModelValidation", "HealthResponse"):
         spec.components.schema(name, schema=getattr(schemas, name))
-    for name, schema in {**delivery_schemas, **batch_schemas, **control_schemas}.items():
+    described = {}
+    for module in SELF_DESCRIBED:
+        described.update(importlib.import_module(f"api.{module}").SCHEMAS)
+    for name, schema in {**delivery_schemas, **batch_schemas, **control_schemas, **described}.items():
         spec.components.schema(name, schema=schema)
-    for path, methods in ROUTES.items():
+    for path, methods in all_routes().items():
         operations = {}
         for method, (summary, body, status, response, errors) in methods.items():
             op = {"summary": summary,

@@ -101,6 +101,26 @@ class Settings:
     batch_chunk_timeout_s: int = 1800  # one chunk's engine call
     file_retention_s: int = 7 * 24 * 3600  # files uploaded to POST /v1/files
 
+    # The engine settings that change live through POST /config (docs/configuration.md#runtime-configuration);
+    # these are their values until an operator changes them. Seed 001's names: ENGINE_<NAME>.
+    engine_enable_batching: bool = True  # micro-batch queued jobs of one model into one engine call
+    engine_max_batch_size: int = 0  # jobs per micro-batch; 0: each model's own max_batch_size (config.json)
+    engine_batch_timeout: float = 0.0  # seconds a micro-batch waits for more jobs; 0: each model's max_batch_wait_ms
+    engine_enable_cache: bool = True  # answer repeated deterministic requests from the result cache
+    engine_max_cache_entries: int = 1000  # results kept in the cache (least recently used go first)
+    engine_cache_ttl_seconds: int = 3600  # how long a cached result is served
+    engine_enable_throttling: bool = False  # refuse new jobs beyond engine_max_concurrent_requests in flight
+    engine_max_concurrent_requests: int = 100  # jobs queued or running at once, deployment-wide, when throttling
+    engine_enable_quantization: bool = False  # serve dynamically quantized (int8) copies of the models
+
+    # Circuit breakers per model (docs/operations.md#circuit-breakers).
+
+    # Operator logins: POST /auth/login and its JWTs (docs/security.md#operator-logins).
+
+    # Inbound signed webhooks: POST /webhooks/ingest (docs/webhooks.md#inbound-webhooks).
+
+    # Traces and custom metrics: GET /traces, POST /metrics/custom (docs/operations.md).
+
     @property
     def auth_enabled(self) -> bool:
         """True unless ``INFERNO_AUTH=disabled``."""
@@ -119,6 +139,8 @@ class Settings:
             default = f.default
             if isinstance(default, bool):
                 values[f.name] = _bool(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
             elif isinstance(default, int):
                 values[f.name] = int(raw)
             elif isinstance(default, Path):
@@ -151,6 +173,10 @@ _ENV_NAMES = {
     "api_host": "API_HOST",
     "api_port": "API_PORT",
     "auth": "INFERNO_AUTH",
+    **{name: name.upper() for name in (
+        "engine_enable_batching", "engine_max_batch_size", "engine_batch_timeout", "engine_enable_cache",
+        "engine_max_cache_entries", "engine_cache_ttl_seconds", "engine_enable_throttling",
+        "engine_max_concurrent_requests", "engine_enable_quantization")},
 }
 
 SETTING_NAMES = {f.name: _ENV_NAMES.get(f.name, "INFERNO_" + f.name.upper()) for f in dataclasses.fields(Settings)}

@@ -169,3 +169,9 @@ class Keyspace:
     def worker_stats(self, hostname: str) -> str:
         """Counters of one Celery worker node (jobs, errors, run time), kept by its pool processes."""
         return f"{self.prefix}:workerstats:{hostname}"
+
+    # -- runtime configuration, result cache (docs/configuration.md#runtime-configuration) ----------------------
+
+    def engine_config(self) -> str:
+        """The engine settings an operator changed with ``POST /config``: field -> JSON value (a hash)."""
+        return f"{self.prefix}:engine:config"
