@@ -8,7 +8,6 @@ Statuses map ``queued``/``running`` -> ``in_progress`` and ``canceled`` -> ``can
 
 from __future__ import annotations
 
-import re
 
 from flask import Blueprint, jsonify, request
 from marshmallow import RAISE, Schema, fields, validate
@@ -19,7 +18,7 @@ from api.deliveries import dispatch_webhooks
 from api.openai_errors import init_blueprint
 from api.openai_files import batch_file_id, has_lines
 from api.request_context import services, tenant
-from inferno_jobs.batch import Batch, BatchStatus
+from inferno_jobs.batch import COMPLETION_WINDOW, Batch, BatchStatus, window_s
 from inferno_jobs.batchfile import OPENAI_ENDPOINTS, Reader
 from inferno_jobs.errors import InvalidRequest
 from inferno_jobs.job import JobType
@@ -29,10 +28,9 @@ init_blueprint(bp)
 
 _STATUS = {BatchStatus.VALIDATING: "validating", BatchStatus.QUEUED: "in_progress",
            BatchStatus.RUNNING: "in_progress", BatchStatus.COMPLETED: "completed", BatchStatus.FAILED: "failed",
-           BatchStatus.CANCELED: "cancelled"}
+           BatchStatus.CANCELED: "cancelled", BatchStatus.EXPIRED: "expired"}
 _ENDPOINT_OF = {JobType.CHAT: "/v1/chat/completions", JobType.COMPLETION: "/v1/completions",
                 JobType.EMBEDDING: "/v1/embeddings"}
-_WINDOW = re.compile(r"^([1-9][0-9]{0,3})h$")
 
 
 class CreateBatch(Schema):
@@ -43,7 +41,7 @@ class CreateBatch(Schema):
 
     input_file_id = fields.String(required=True)
     endpoint = fields.String(required=True, validate=validate.OneOf(list(OPENAI_ENDPOINTS)))
-    completion_window = fields.String(required=True, validate=validate.Regexp(_WINDOW))
+    completion_window = fields.String(required=True, validate=validate.Regexp(COMPLETION_WINDOW))
     metadata = fields.Dict(keys=fields.String(validate=validate.Length(max=64)),
                            values=fields.String(validate=validate.Length(max=512)), load_default=None,
                            allow_none=True)
@@ -63,7 +61,6 @@ def _ts(value: float | None) -> int | None:
 
 def openai_batch(batch: Batch) -> dict:
     """OpenAI's batch object for ``batch``."""
-    hours = int(_WINDOW.match(batch.completion_window or "24h").group(1))
     ended = batch.finished_at if batch.status.terminal else None
     errors = None
     if batch.errors:
@@ -82,11 +79,11 @@ def openai_batch(batch: Batch) -> dict:
         "error_file_id": batch_file_id(batch, "errors") if ended and has_lines(batch, "errors") else None,
         "created_at": int(batch.created_at),
         "in_progress_at": _ts(batch.started_at),
-        "expires_at": int(batch.created_at + hours * 3600),
+        "expires_at": int(batch.expires_at or batch.created_at + window_s("24h")),
         "finalizing_at": _ts(ended if batch.status is BatchStatus.COMPLETED else None),
         "completed_at": _ts(ended if batch.status is BatchStatus.COMPLETED else None),
         "failed_at": _ts(ended if batch.status is BatchStatus.FAILED else None),
-        "expired_at": None,
+        "expired_at": _ts(ended if batch.status is BatchStatus.EXPIRED else None),
         "cancelling_at": _ts(ended if batch.status is BatchStatus.CANCELED else None),
         "cancelled_at": _ts(ended if batch.status is BatchStatus.CANCELED else None),
         "request_counts": batch.request_counts,

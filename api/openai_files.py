@@ -57,6 +57,8 @@ def output_lines(batch: Batch, kind: str):
                                                    created=created)}
         elif line["status"] == "canceled":
             out["error"] = {"code": "batch_cancelled", "message": line["error"]["message"]}
+        elif line["status"] == "expired":
+            out["error"] = {"code": "batch_expired", "message": line["error"]["message"]}
         else:
             status, body = error_status(line["error"])
             out["response"] = {"status_code": status, "request_id": f"req_{line_id}", "body": body}
@@ -137,5 +139,5 @@ def has_lines(batch: Batch, kind: str) -> bool:
     """Whether the batch's output (or error) file has any line."""
     if kind == "output":
         return batch.completed > 0
-    return batch.failed > 0 or (batch.status is BatchStatus.CANCELED
+    return batch.failed > 0 or (batch.status in (BatchStatus.CANCELED, BatchStatus.EXPIRED)
                                 and batch.completed + batch.failed < batch.total)

@@ -1,7 +1,9 @@
 """The batch record and its state machine.
 
-``validating -> queued -> running -> completed | failed | canceled``. A batch whose every line failed validation
-goes ``validating -> failed``; a batch may be canceled from any live state. Terminal states never change.
+``validating -> queued -> running -> completed | failed | canceled | expired``. A batch whose every line failed
+validation goes ``validating -> failed``; a batch may be canceled from any live state, and a batch with a
+``completion_window`` that is still live when the window ends becomes ``expired`` (its finished lines keep their
+results; lines that never ran are reported ``expired``). Terminal states never change.
 :func:`check_transition` is the table's one gate; :class:`inferno_jobs.batchstore.BatchStore` applies moves
 (some of them inside Lua scripts, so that a chunk's results, the counters and the final status move together).
 """
@@ -9,6 +11,7 @@ goes ``validating -> failed``; a batch may be canceled from any live state. Term
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -25,6 +28,7 @@ class BatchStatus(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELED = "canceled"
+    EXPIRED = "expired"
 
     @property
     def terminal(self) -> bool:
@@ -32,14 +36,15 @@ class BatchStatus(str, Enum):
         return self in BATCH_TERMINAL
 
 
-BATCH_TERMINAL = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELED})
+BATCH_TERMINAL = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELED, BatchStatus.EXPIRED})
 
 BATCH_TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
     BatchStatus.VALIDATING: frozenset({BatchStatus.QUEUED, BatchStatus.RUNNING, BatchStatus.COMPLETED,
-                                       BatchStatus.FAILED, BatchStatus.CANCELED}),
+                                       BatchStatus.FAILED, BatchStatus.CANCELED, BatchStatus.EXPIRED}),
     BatchStatus.QUEUED: frozenset({BatchStatus.RUNNING, BatchStatus.COMPLETED, BatchStatus.FAILED,
-                                   BatchStatus.CANCELED}),
-    BatchStatus.RUNNING: frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELED}),
+                                   BatchStatus.CANCELED, BatchStatus.EXPIRED}),
+    BatchStatus.RUNNING: frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELED,
+                                    BatchStatus.EXPIRED}),
     **{status: frozenset() for status in BATCH_TERMINAL},
 }
 
@@ -48,7 +53,18 @@ BATCH_EVENT_FOR_STATUS = {
     BatchStatus.COMPLETED: "batch.completed",
     BatchStatus.FAILED: "batch.failed",
     BatchStatus.CANCELED: "batch.canceled",
+    BatchStatus.EXPIRED: "batch.expired",
 }
+
+# A completion window, as OpenAI writes it: whole hours, "24h".
+COMPLETION_WINDOW = re.compile(r"^([1-9][0-9]{0,3})h$")
+
+
+def window_s(completion_window: str | None) -> int | None:
+    """The seconds of a ``completion_window`` such as ``"24h"`` (None: no window)."""
+    if not completion_window:
+        return None
+    return int(COMPLETION_WINDOW.match(completion_window).group(1)) * 3600
 
 
 def check_transition(batch_id: str, before: BatchStatus, to: BatchStatus) -> None:
@@ -113,6 +129,12 @@ class Batch:
                    errors=json.loads(data.get("errors") or "[]"), **meta)
 
     @property
+    def expires_at(self) -> float | None:
+        """When a batch still live becomes ``expired``: ``completion_window`` after it was created (None: never)."""
+        seconds = window_s(self.completion_window)
+        return None if seconds is None else self.created_at + seconds
+
+    @property
     def request_counts(self) -> dict:
         """``{total, completed, failed}``: lines that succeeded and lines that failed so far."""
         return {"total": self.total, "completed": self.completed, "failed": self.failed}
@@ -130,6 +152,8 @@ class Batch:
             "created_at": isoformat(self.created_at),
             "started_at": isoformat(self.started_at),
             "finished_at": isoformat(self.finished_at),
+            "completion_window": self.completion_window,
+            "expires_at": isoformat(self.expires_at),
             "results_url": f"/batches/{self.id}/results",
             "errors_url": f"/batches/{self.id}/errors",
             "input_file_id": self.input_file_id,

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 TYPES = ["completion", "chat", "embedding", "predict"]
+_ENDED = ("completed", "failed", "canceled", "expired")  # the batch statuses that never change
 
 
 def _client():
@@ -41,7 +42,7 @@ class Progress:
         self.bar.set_postfix_str(f"failed={counts['failed']} {batch['status']}", refresh=False)
         self.bar.update(done - self.bar.n)
         now = time.monotonic()
-        if not self.tty and (now - self.last_report > 5 or batch["status"] in ("completed", "failed", "canceled")):
+        if not self.tty and (now - self.last_report > 5 or batch["status"] in _ENDED):
             self.last_report = now
             elapsed = max(now - self.started, 1e-6)
             rate = done / elapsed
@@ -121,7 +122,7 @@ def batch_status(batch_id: str, wait: bool) -> None:
     """Print a batch."""
     client = _client()
     found = client.get_batch(batch_id)
-    _print(follow(client, found) if wait and found["status"] not in ("completed", "failed", "canceled") else found)
+    _print(follow(client, found) if wait and found["status"] not in _ENDED else found)
 
 
 @batch.command("results")

@@ -87,6 +87,9 @@ return 2
 
 
 _CANCELED = {"code": "CANCELED", "message": "the batch was canceled before this line ran"}
+_EXPIRED = {"code": "BATCH_EXPIRED", "message": "the batch's completion window ended before this line ran"}
+# What a line that never ran reports, by the batch's end.
+_NEVER_RAN = {BatchStatus.CANCELED: ("canceled", _CANCELED), BatchStatus.EXPIRED: ("expired", _EXPIRED)}
 
 
 def _text(value) -> str:
@@ -152,7 +155,8 @@ class BatchStore:
     def lines(self, batch: Batch, *, only_failed: bool = False, page: int = 1000) -> Iterator[dict]:
         """The results, one per request in input order: ``{custom_id, line, status, result | error}``.
 
-        Lines not run yet are ``pending``; in a canceled batch, lines that never ran are ``canceled``.
+        Lines not run yet are ``pending``; in a canceled (expired) batch, lines that never ran are ``canceled``
+        (``expired``).
         """
         for start in range(0, batch.total, page):
             items = list(range(start, min(batch.total, start + page)))
@@ -166,8 +170,8 @@ class BatchStore:
                 if outcome is not None:
                     line["status"] = "succeeded" if outcome[:1] == b"S" else "failed"
                     line["result" if outcome[:1] == b"S" else "error"] = loads(outcome[1:])
-                elif batch.status is BatchStatus.CANCELED:
-                    line["status"], line["error"] = "canceled", _CANCELED
+                elif batch.status in _NEVER_RAN:
+                    line["status"], line["error"] = _NEVER_RAN[batch.status]
                 else:
                     line["status"] = "pending"
                 if only_failed and line["status"] != "failed":
@@ -196,8 +200,8 @@ class BatchStore:
                     continue
                 if only_failed:
                     continue
-                if batch.status is BatchStatus.CANCELED:
-                    head["status"], head["error"] = "canceled", _CANCELED
+                if batch.status in _NEVER_RAN:
+                    head["status"], head["error"] = _NEVER_RAN[batch.status]
                 else:
                     head["status"] = "pending"
                 out.append(dumps(head) + b"\n")
@@ -257,6 +261,8 @@ class BatchStore:
             if chunks:
                 pipe.hset(k.batch_chunks(batch.id), mapping={i: json.dumps(c) for i, c in enumerate(chunks)})
                 pipe.zadd(k.live_batches(), {batch.id: batch.created_at})
+                if batch.expires_at is not None:
+                    pipe.zadd(k.batch_deadlines(), {batch.id: batch.expires_at})
             else:
                 event = self._event(batch, BatchStatus.FAILED)
                 if event:
@@ -273,6 +279,7 @@ class BatchStore:
             pipe.delete(*self._batch_keys(batch.id))
             pipe.zrem(self.keys.tenant_batches(batch.tenant), batch.id)
             pipe.zrem(self.keys.live_batches(), batch.id)
+            pipe.zrem(self.keys.batch_deadlines(), batch.id)
             pipe.execute()
 
     def _mutate(self, batch_id: str, change: Callable[[Batch], BatchStatus | None], tenant: str | None = None,
@@ -301,6 +308,7 @@ class BatchStore:
                         batch.finished_at = now()
                         pipe.hset(key, "finished_at", batch.finished_at)
                         pipe.zrem(self.keys.live_batches(), batch_id)
+                        pipe.zrem(self.keys.batch_deadlines(), batch_id)
                         event = self._event(batch, to)
                         if event:
                             pipe.lpush(self.keys.outbox(), event)
@@ -323,6 +331,22 @@ class BatchStore:
                                details={"status": batch.status.value})
             return BatchStatus.CANCELED
         return self._mutate(batch_id, change, tenant)
+
+    def expire_due(self) -> list[str]:
+        """Expire the live batches whose ``completion_window`` has ended; returns their ids. Called by the reconciler.
+
+        Chunks not started never run; a chunk running at that moment still stores its results.
+        """
+        expired = []
+        for batch_id in [_text(i) for i in self.redis.zrangebyscore(self.keys.batch_deadlines(), "-inf", now())]:
+            try:
+                batch = self._mutate(batch_id, lambda b: None if b.status.terminal else BatchStatus.EXPIRED)
+            except BatchNotFound:
+                batch = None
+            self.redis.zrem(self.keys.batch_deadlines(), batch_id)  # ended either way
+            if batch is not None and batch.status is BatchStatus.EXPIRED:
+                expired.append(batch_id)
+        return expired
 
     def start_chunk(self, batch_id: str, index: int) -> bool:
         """Whether chunk ``index`` should run now (False: it is done already or the batch ended)."""

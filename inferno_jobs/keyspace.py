@@ -96,6 +96,10 @@ class Keyspace:
         """Batches not yet terminal, scored by creation time: what the reconciler checks."""
         return f"{self.prefix}:batches:live"
 
+    def batch_deadlines(self) -> str:
+        """Batches with a ``completion_window``, scored by when it ends: the reconciler expires them."""
+        return f"{self.prefix}:batches:deadlines"
+
     def file(self, file_id: str) -> str:
         """An uploaded file: a hash (``meta`` JSON, ``data`` bytes)."""
         return f"{self.prefix}:file:{file_id}"

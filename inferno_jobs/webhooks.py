@@ -20,7 +20,7 @@ from inferno_jobs.errors import AuthenticationFailed
 from inferno_jobs.job import isoformat
 
 EVENT_TYPES = ("job.succeeded", "job.failed", "job.canceled", "job.expired", "job.timed_out",
-               "batch.completed", "batch.failed", "batch.canceled")
+               "batch.completed", "batch.failed", "batch.canceled", "batch.expired")
 
 
 class InvalidSignature(AuthenticationFailed, WebhookVerificationError):

@@ -52,7 +52,7 @@ class Reconciler:
 
     def tick(self) -> dict[str, int]:
         """One reconciliation pass; returns how many jobs it expired, timed out and re-sent."""
-        counts = {"expired": 0, "timed_out": 0, "resent": 0}
+        counts = {"expired": 0, "timed_out": 0, "resent": 0, "batches_expired": 0}
         interval = self.store.settings.reconcile_interval_s
         if not self.store.redis.set(self.store.keys.reconcile_lock(), self.hostname, nx=True,
                                     ex=max(1, int(interval))):
@@ -90,6 +90,8 @@ class Reconciler:
         batches = BatchStore(self.store.redis, self.store.settings)
         # Batches an API left validating (it died before enqueuing their chunks) fail, so every batch ends.
         batches.sweep()
+        # Batches whose completion_window ended: lines not started never run (their webhook event goes out below).
+        counts["batches_expired"] = len(batches.expire_due())
         for batch, index in batches.stale_chunks(self.store.settings.resend_after_s):
             enqueue_chunk(celery, batch, index, self.store.settings.batch_chunk_timeout_s)
             counts["resent"] += 1

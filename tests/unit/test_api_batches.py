@@ -140,6 +140,45 @@ def test_cancel_stops_unstarted_chunks_and_keeps_finished_results(client, celery
     assert again.status_code == 409 and again.get_json()["error"]["code"] == "CONFLICT"
 
 
+def test_a_batch_still_running_when_its_completion_window_ends_expires(client, celery_stub, batches, model_dir,
+                                                                        monkeypatch):
+    from api.openai_batches import openai_batch
+    from api.openai_files import has_lines
+    import inferno_jobs.batchstore as batchstore
+
+    config = json.loads((model_dir / "iris" / "config.json").read_text())
+    small = model_dir / "iris-small"
+    small.mkdir(exist_ok=True)
+    (small / "config.json").write_text(json.dumps({**config, "max_batch_size": 2}))
+    r = upload(client, rows(4), model="iris-small", completion_window="1h")
+    assert r.status_code == 202, r.get_json()
+    batch = r.get_json()
+    assert batch["completion_window"] == "1h" and batch["expires_at"]
+    chunks = [s for s in celery_stub.sent if s["name"] == "inferno.run_batch_chunk"]
+    runner = ChunkRunner(batches, fake_engine)
+    runner.run(*chunks[0]["args"])
+    assert batches.expire_due() == []  # the window is still open
+    created = batches.get(batch["id"]).created_at
+    monkeypatch.setattr(batchstore, "now", lambda: created + 3601)
+    assert batches.expire_due() == [batch["id"]]
+    assert batches.expire_due() == []  # once
+    ended = client.get(f"/batches/{batch['id']}").get_json()
+    assert ended["status"] == "expired" and ended["request_counts"] == {"total": 4, "completed": 2, "failed": 0}
+    assert runner.run(*chunks[1]["args"]) is None  # never started
+    out = results(client, batch["id"])
+    assert [line["status"] for line in out] == ["succeeded", "succeeded", "expired", "expired"]
+    assert out[2]["error"]["code"] == "BATCH_EXPIRED"
+    stored = batches.get(batch["id"])
+    view = openai_batch(stored)
+    assert view["status"] == "expired" and view["expired_at"] == int(stored.finished_at)
+    assert has_lines(stored, "errors") and has_lines(stored, "output")
+
+
+def test_invalid_completion_window_is_refused(client):
+    r = upload(client, rows(2), model="iris", completion_window="tomorrow")
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "INVALID_REQUEST"
+
+
 def test_retry_makes_a_batch_of_the_failed_lines_keeping_custom_ids(client, celery_stub, batches):
     data = rows(2) + b'{"custom_id": "z", "features": [0, 1, 1, 1]}\n{broken\n'
     batch = upload(client, data, model="iris").get_json()
