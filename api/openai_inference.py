@@ -39,12 +39,12 @@ def _no_retry_on_timeout(response):
 
 
 def _sampling(data: dict) -> dict:
-    """The job input's sampling parameters from an OpenAI request (penalties are accepted, not applied)."""
+    """The job input's sampling parameters from an OpenAI request."""
     out = {}
     max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
     if max_tokens is not None:
         out["max_tokens"] = max_tokens
-    for name in ("temperature", "top_p", "stop", "seed"):
+    for name in ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty"):
         if data.get(name) is not None:
             out[name] = data[name]
     return out

@@ -53,8 +53,6 @@ _OPENAI_NEUTRAL = {
     "logprobs": lambda v: not v,
     "echo": lambda v: not v,
     "logit_bias": lambda v: not v,
-    "frequency_penalty": lambda v: v in (None, 0, 0.0),
-    "presence_penalty": lambda v: v in (None, 0, 0.0),
     "encoding_format": lambda v: v in (None, "float"),
 }
 

@@ -163,7 +163,8 @@ class GenerationRunner(Runner):
                 # A reply is never empty: the end tags cannot be its first token (HF's min_new_tokens=1).
                 logits = np.array(logits, copy=True)
                 logits[..., sorted(stop_ids)] = -np.inf
-            token = sampler.next_token(logits, np.asarray(ids, dtype=np.int64))  # prompt included, as in HF
+            seen = np.asarray(ids, dtype=np.int64)  # prompt included for repetition_penalty, as in HF
+            token = sampler.next_token(logits, seen, seen[len(prompt_ids):])
             if token in stop_ids:
                 finish = "stop"
                 break

@@ -4,12 +4,15 @@ The processors follow the Hugging Face ``generate`` definitions, so a model beha
 
 - ``repetition_penalty`` (CTRL paper): a seen token's positive logit is divided by the penalty, a negative one
   multiplied, so penalties > 1 make repeats less likely whatever the logit's sign;
+- ``presence_penalty`` and ``frequency_penalty`` (OpenAI's definitions): a token already generated loses
+  ``presence_penalty`` once plus ``frequency_penalty`` per time it was generated (the prompt does not count);
+  negative values make repeats more likely;
 - ``temperature``: logits divided by it (< 1 sharpens, > 1 flattens); 0 means greedy;
 - ``top_k``: keep the k most likely tokens (0 = off);
 - ``top_p``: keep the smallest set of most likely tokens whose probability reaches p (1 = off).
 
-Greedy decoding (temperature 0 or top_k 1) is a plain argmax after the repetition penalty, so it never
-consumes random numbers and is identical with or without a seed.
+Greedy decoding (temperature 0 or top_k 1) is a plain argmax after the penalties, so it never consumes random
+numbers and is identical with or without a seed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,18 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
     ids = np.unique(np.asarray(seen, dtype=np.int64))
     picked = out[ids]
     out[ids] = np.where(picked > 0, picked / penalty, picked * penalty)
+    return out
+
+
+def apply_openai_penalties(logits: np.ndarray, generated: np.ndarray, presence: float,
+                           frequency: float) -> np.ndarray:
+    """Subtract ``presence`` from the logit of every token in ``generated`` and ``frequency`` once per time it
+    occurs there; returns a new array."""
+    out = np.array(logits, dtype=np.float32, copy=True)
+    if (presence == 0 and frequency == 0) or len(generated) == 0:
+        return out
+    ids, counts = np.unique(np.asarray(generated, dtype=np.int64), return_counts=True)
+    out[ids] -= np.float32(presence) + np.float32(frequency) * counts.astype(np.float32)
     return out
 
 
@@ -88,13 +103,15 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None
 
     @classmethod
     def from_input(cls, item: dict) -> "SamplingParams":
         """Read and validate ``temperature`` (0..2), ``top_p`` (0..1), ``top_k`` (>= 0),
-        ``repetition_penalty`` (> 0, at most 10) and ``seed`` (an integer) from a job input;
-        raises :class:`InvalidRequest`."""
+        ``repetition_penalty`` (> 0, at most 10), ``presence_penalty`` and ``frequency_penalty`` (-2..2) and
+        ``seed`` (an integer) from a job input; raises :class:`InvalidRequest`."""
         seed = item.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise InvalidRequest("seed must be a non-negative integer", details={"field": "seed"})
@@ -104,7 +121,8 @@ class SamplingParams:
         return cls(temperature=_number(item, "temperature", 1.0, 0.0, 2.0),
                    top_p=_number(item, "top_p", 1.0, 0.0, 1.0),
                    top_k=_number(item, "top_k", 0, 0, 1_000_000, int),
-                   repetition_penalty=penalty, seed=seed)
+                   repetition_penalty=penalty, presence_penalty=_number(item, "presence_penalty", 0.0, -2.0, 2.0),
+                   frequency_penalty=_number(item, "frequency_penalty", 0.0, -2.0, 2.0), seed=seed)
 
     @property
     def greedy(self) -> bool:
@@ -119,18 +137,22 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
 
-    def process(self, logits: np.ndarray, seen: np.ndarray) -> np.ndarray:
-        """The processed logits (penalty, temperature, top-k, top-p) of one position."""
+    def process(self, logits: np.ndarray, seen: np.ndarray, generated: np.ndarray | None = None) -> np.ndarray:
+        """The processed logits (penalties, temperature, top-k, top-p) of one position: ``seen`` is every id so far
+        (prompt included), ``generated`` the ids this generation produced."""
         p = self.params
         out = apply_repetition_penalty(logits, seen, p.repetition_penalty)
+        if generated is not None:
+            out = apply_openai_penalties(out, generated, p.presence_penalty, p.frequency_penalty)
         if p.greedy:
             return out
         out = top_k_filter(apply_temperature(out, p.temperature), p.top_k)
         return top_p_filter(out, p.top_p)
 
-    def next_token(self, logits: np.ndarray, seen: np.ndarray) -> int:
-        """The next token id for the 1-D ``logits`` of the last position, given the ids ``seen`` so far."""
-        out = self.process(logits, seen)
+    def next_token(self, logits: np.ndarray, seen: np.ndarray, generated: np.ndarray | None = None) -> int:
+        """The next token id for the 1-D ``logits`` of the last position, given the ids ``seen`` so far (and the
+        ``generated`` ones among them, for the presence and frequency penalties)."""
+        out = self.process(logits, seen, generated)
         if self.params.greedy:
             return int(np.argmax(out))
         probs = softmax(out)

@@ -153,3 +153,18 @@ def test_a_failed_job_is_an_openai_error(app_of, inline, monkeypatch):
     monkeypatch.setattr(fx, "fake_run", lambda model, inputs: [InferenceFailed("boom")] * len(inputs))
     r = app_of().test_client().post("/v1/chat/completions", json=CHAT)
     assert r.status_code == 500 and r.get_json()["error"]["message"] == "boom"
+
+
+def test_presence_and_frequency_penalties_reach_the_job_input():
+    from api.openai_inference import _sampling
+    from inferno_jobs.batchfile import Limits, Reader
+    from inferno_jobs.job import JobType
+
+    assert _sampling({"presence_penalty": 0.5, "frequency_penalty": -0.25, "temperature": None}) == \
+        {"presence_penalty": 0.5, "frequency_penalty": -0.25}
+    # A /v1/batches line passes them to its job as well.
+    line = Reader(JobType.COMPLETION, limits=Limits(10**6, 10, 10**5)).request(1, {
+        "custom_id": "a", "method": "POST", "url": "/v1/completions",
+        "body": {"model": "tiny-gpt", "prompt": "Once", "presence_penalty": 0.5, "frequency_penalty": 1}})
+    assert line.ok, line.error
+    assert (line.input["presence_penalty"], line.input["frequency_penalty"]) == (0.5, 1)

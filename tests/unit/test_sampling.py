@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from inferno_jobs.errors import InvalidRequest
-from workers.sampling import (Sampler, SamplingParams, apply_repetition_penalty, apply_temperature, softmax,
+from workers.sampling import (Sampler, SamplingParams, apply_openai_penalties, apply_repetition_penalty, apply_temperature, softmax,
                               top_k_filter, top_p_filter)
 
 
@@ -35,6 +35,19 @@ def test_repetition_penalty_lowers_seen_tokens_whatever_their_sign():
     assert np.array_equal(apply_repetition_penalty(logits, np.array([0]), 1.0), logits)
 
 
+def test_presence_and_frequency_penalties_follow_openai():
+    logits = np.array([1.0, 1.0, 1.0, 1.0], dtype=np.float32)
+    out = apply_openai_penalties(logits, np.array([2, 2, 2, 1]), presence=0.5, frequency=0.25)
+    assert np.allclose(out, [1.0, 1.0 - 0.5 - 0.25, 1.0 - 0.5 - 0.75, 1.0])
+    assert np.allclose(apply_openai_penalties(logits, np.array([0]), -1.0, 0.0), [2.0, 1.0, 1.0, 1.0])
+    # Greedy decoding steers away from a token it keeps producing; the prompt does not count.
+    logits = np.array([3.0, 2.5, 0.0], dtype=np.float32)
+    sampler = Sampler(SamplingParams(temperature=0, frequency_penalty=1.0))
+    assert sampler.next_token(logits, np.array([0, 0, 0]), np.array([], dtype=np.int64)) == 0
+    assert sampler.next_token(logits, np.array([0, 0]), np.array([0])) == 1
+    assert SamplingParams.from_input({"presence_penalty": -2, "frequency_penalty": 2}).frequency_penalty == 2
+
+
 def test_temperature_sharpens_and_flattens():
     logits = np.array([1.0, 2.0, 3.0])
     base = softmax(logits).max()
@@ -60,7 +73,8 @@ def test_sampled_tokens_stay_in_the_nucleus():
 
 @pytest.mark.parametrize("bad", [{"temperature": 2.5}, {"temperature": -0.1}, {"top_p": 1.5}, {"top_k": -1},
                                  {"top_k": 2.5}, {"repetition_penalty": 0}, {"seed": "7"}, {"seed": -1},
-                                 {"temperature": "hot"}, {"temperature": True}])
+                                 {"temperature": "hot"}, {"temperature": True}, {"presence_penalty": 2.5},
+                                 {"frequency_penalty": -3}])
 def test_invalid_parameters_are_rejected(bad):
     with pytest.raises(InvalidRequest):
         SamplingParams.from_input(bad)
