@@ -47,9 +47,10 @@ def create_app(settings: Settings | None = None, *, redis_client: redis.Redis | 
                      health, ingest, jobs, metrics, models, openai_batches, openai_files, openai_inference, openapi,
                      ratelimit, request_context, runtime_config, seed_inference, seed_models, seed_predict, traces,
                      websocket)
+    from api import versioning
     from inferno_jobs.tracing import instrument_flask
 
-    for module in (request_context, errors, access_log, ratelimit):
+    for module in (request_context, errors, access_log, ratelimit, versioning):
         module.init_app(app)
     for module in (jobs, deliveries, batches, openai_files, openai_batches, health, models, controls, metrics,
                    openapi, events, openai_inference, seed_inference, seed_predict, websocket, cache, runtime_config,

@@ -13,10 +13,11 @@ from marshmallow import RAISE, Schema, fields, validate
 
 from api.body import json_body, load
 from api.deliveries import DeliveryList, dispatch_webhooks
-from api.request_context import request_id, services, tenant
-from inferno_jobs.batch import Batch, BatchStatus
+from api.request_context import engine_config, request_id, services, tenant
+from inferno_jobs.batch import COMPLETION_WINDOW, Batch, BatchStatus
 from inferno_jobs.batchfile import Limits, Line, ParsedFile, Reader, input_type, read_upload
 from inferno_jobs.batchstore import BatchStore
+from inferno_jobs.circuit import CircuitBreaker
 from inferno_jobs.delivery import DeliveryLog
 from inferno_jobs.errors import Conflict, InternalError, InvalidRequest, PayloadTooLarge
 from inferno_jobs.filestore import RedisFileStore
@@ -45,6 +46,8 @@ class BatchForm(Schema):
     webhook_url = fields.Url(schemes={"http", "https"}, require_tld=False, load_default=None)
     format = fields.String(validate=validate.OneOf(["jsonl", "txt", "csv"]), load_default=None)
     metadata = fields.String(load_default=None, metadata={"description": "JSON object"})
+    completion_window = fields.String(validate=validate.Regexp(COMPLETION_WINDOW), load_default=None,
+                                      metadata={"description": "e.g. 24h: lines not run by then end expired"})
 
 
 class BatchRequest(Schema):
@@ -61,11 +64,15 @@ class BatchRequest(Schema):
     params = fields.Dict(load_default=None)
     webhook_url = fields.Url(schemes={"http", "https"}, require_tld=False, load_default=None)
     metadata = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict)
+    completion_window = fields.String(validate=validate.Regexp(COMPLETION_WINDOW), load_default=None,
+                                      metadata={"description": "e.g. 24h: lines not run by then end expired"})
     max_tokens = fields.Raw(load_default=None)
     temperature = fields.Raw(load_default=None)
     top_p = fields.Raw(load_default=None)
     top_k = fields.Raw(load_default=None)
     repetition_penalty = fields.Raw(load_default=None)
+    presence_penalty = fields.Raw(load_default=None)
+    frequency_penalty = fields.Raw(load_default=None)
     stop = fields.Raw(load_default=None)
     seed = fields.Raw(load_default=None)
 
@@ -89,6 +96,8 @@ class BatchResponse(Schema):
     created_at = fields.String()
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
+    completion_window = fields.String(allow_none=True)
+    expires_at = fields.String(allow_none=True)
     results_url = fields.String()
     errors_url = fields.String()
     input_file_id = fields.String(allow_none=True)
@@ -206,12 +215,15 @@ def create_batch(parsed: ParsedFile | list[Line], *, model: ModelConfig, job_typ
     if webhook_url:
         NetworkGuard.from_settings(settings).check_url(webhook_url, field="webhook_url")
         webhook = {"url": webhook_url, "events": None}
+    # A model whose runs keep failing takes no new batch (503) until a probe succeeds.
+    CircuitBreaker(svc.redis, settings).admit(model.name, token=request_id())
     batch = Batch(id=new_id("batch"), tenant=owner, model=model.name, type=job_type, priority=Priority(priority),
                   pool=model.pool, total=len(lines), created_at=now(), webhook=webhook, metadata=metadata or {},
                   input_file_id=input_file_id, endpoint=endpoint, completion_window=completion_window,
                   retry_of=retry_of, request_id=request_id())
     store = batch_store()
-    batch, chunks = store.create(batch, lines, model.max_batch_size)
+    # One chunk is one engine call: as many lines as a live micro-batch of the model holds (POST /config).
+    batch, chunks = store.create(batch, lines, engine_config().batch_size_for(model.max_batch_size))
     if not chunks:
         dispatch_webhooks()
         return batch
@@ -315,7 +327,8 @@ def create():
             "model": model.name, "type": job_type.value, "format": parsed.format, "errors": parsed.errors(),
             "request_counts": {"total": len(parsed.lines), "valid": parsed.valid, "invalid": parsed.invalid}}))
     batch = create_batch(parsed, model=model, job_type=job_type, owner=owner, priority=data["priority"],
-                         webhook_url=data.get("webhook_url"), metadata=data.get("metadata"))
+                         webhook_url=data.get("webhook_url"), metadata=data.get("metadata"),
+                         completion_window=data.get("completion_window"))
     return _batch_response(batch, 202)
 
 
@@ -376,7 +389,8 @@ def retry(batch_id: str):
     model = services().models.get(parent.model)
     batch = create_batch(lines, model=model, job_type=parent.type, owner=owner, priority=parent.priority,
                          webhook_url=(parent.webhook or {}).get("url"), metadata=parent.metadata,
-                         endpoint=parent.endpoint, retry_of=parent.id)
+                         endpoint=parent.endpoint, retry_of=parent.id,
+                         completion_window=parent.completion_window)
     return _batch_response(batch, 202)
 
 

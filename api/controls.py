@@ -1,8 +1,8 @@
 """Operator controls: retry a job, see and steer the queues, see the workers (docs/operations.md#queue-controls).
 
 ``POST /jobs/<id>/retry`` is the tenant's own (its job, 404 for another tenant's). Pausing, resuming and purging
-queues need an admin key (``inferno-jobs keys create --admin``; anyone when auth is disabled). ``GET /queues`` and
-``GET /workers`` need any valid key.
+queues need an admin key (``inferno-jobs keys create --admin``) or an operator's login token (``POST /auth/login``);
+anyone may when auth is disabled. ``GET /queues`` and ``GET /workers`` need any valid key or an operator token.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 from flask import Blueprint, g, jsonify
 from marshmallow import Schema, fields
 
+from api.auth import operator, require_operator_or_key
 from api.deliveries import dispatch_webhooks
 from api.health import workers_online
 from api.jobs import job_body
@@ -79,13 +80,15 @@ SCHEMAS = {"QueueInfo": QueueInfo, "QueueList": QueueList, "QueueAction": QueueA
 
 
 def require_admin() -> None:
-    """Raises 403 ``AUTHORIZATION_FAILED`` unless the caller's key is an admin key (or auth is disabled)."""
-    if not services().settings.auth_enabled:
+    """Raises 403 ``AUTHORIZATION_FAILED`` unless the caller is an operator with a login token
+    (docs/security.md#operator-logins) or holds an admin key (anyone when auth is disabled)."""
+    if not services().settings.auth_enabled or operator() is not None:
         return
     tenant()
     record = g.get("api_key")
     if record is None or not record.admin:
-        raise AuthorizationFailed("queue controls need an admin key (inferno-jobs keys create --admin)")
+        raise AuthorizationFailed("operator controls need an admin key (inferno-jobs keys create --admin) or an "
+                                  "operator login (POST /auth/login)")
 
 
 def _control() -> QueueControl:
@@ -115,7 +118,7 @@ def retry_job(job_id: str):
 @bp.get("/queues")
 def list_queues():
     """Every job queue: depth, age of its oldest job, consumers, paused."""
-    tenant()
+    require_operator_or_key()
     return jsonify(QueueList().dump({"queues": _control().describe_all(workers_online())}))
 
 
@@ -156,7 +159,7 @@ def purge_queue(name: str):
 @bp.get("/workers")
 def list_workers():
     """Every worker node that sent a heartbeat: pool, queues, models, healthy, jobs done, errors, mean run time."""
-    tenant()
+    require_operator_or_key()
     svc = services()
     online = {w["hostname"] for w in workers_online()}
     nodes = []

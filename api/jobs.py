@@ -8,13 +8,16 @@ import logging
 
 from flask import Blueprint, jsonify, request, url_for
 
+from api import cache as result_cache
 from api.body import json_body, load
 from api.deliveries import dispatch_webhooks
 from api.ratelimit import check_capacity
 from api.request_context import request_id, services, tenant
+from inferno_jobs import importance
+from inferno_jobs.circuit import CircuitBreaker
 from inferno_jobs.errors import InternalError, InvalidRequest
-from inferno_jobs.job import Job
-from inferno_jobs.schemas import JobList, JobListQuery, JobRequest, JobResponse
+from inferno_jobs.job import Job, JobStatus, JobType
+from inferno_jobs.schemas import JobList, JobListQuery, JobRequest, JobResponse, shared
 from inferno_jobs.ssrf import NetworkGuard
 
 bp = Blueprint("jobs", __name__)
@@ -23,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def job_body(job: Job) -> dict:
     """The job object, with its live queue position."""
-    return JobResponse().dump(job.to_api(services().store.queue_position(job)))
+    return shared(JobResponse).dump(job.to_api(services().store.queue_position(job)))
 
 
 def check_input_for_model(model, data: dict) -> None:
@@ -34,6 +37,8 @@ def check_input_for_model(model, data: dict) -> None:
     if n_features and features and len(features[0]) != n_features:
         raise InvalidRequest(f"model {model.name!r} takes rows of {n_features} features, got {len(features[0])}",
                              details={"field": "input.features"})
+    if data["type"] is JobType.FEATURE_IMPORTANCE:
+        importance.check_request(model, data["input"])
 
 
 def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: tuple[str, str] | None = None):
@@ -45,6 +50,8 @@ def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: 
     svc = services()
     model = svc.models.get(data["model"])
     check_input_for_model(model, data)
+    # A model whose runs keep failing takes no new jobs (503) until a probe job succeeds.
+    CircuitBreaker(svc.redis, svc.settings).admit(model.name, token=request_id())
     settings = svc.settings
     if data.get("webhook"):  # the SSRF guard: refuse receivers on loopback, private, link-local... addresses
         NetworkGuard.from_settings(settings).check_url(
@@ -57,8 +64,9 @@ def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: 
         batch_id=batch_id, metadata=data.get("metadata") or {}, webhook=data.get("webhook"),
         request_id=request_id(),
     )
-    job, created = svc.store.create(job, idempotency)
-    if created:
+    # The result cache may answer it at once, or have it share the run of an identical job in flight (docs/cache.md).
+    job, created = result_cache.create(job, model, idempotency)
+    if created and job.status is JobStatus.QUEUED and not job.shared_run_of:
         from workers.celery_app import enqueue
 
         try:
@@ -78,7 +86,7 @@ def create_job():
     """Submit a job: 202 with the job (200 with the first job for a repeated ``Idempotency-Key``)."""
     owner = tenant()
     body = json_body()
-    data = load(JobRequest(), body)
+    data = load(shared(JobRequest), body)
     key = request.headers.get("Idempotency-Key")
     idempotency = None
     if key is not None:
@@ -113,4 +121,5 @@ def cancel_job(job_id: str):
     """Cancel a job: queued -> ``canceled`` now; running -> cancellation requested; 409 if it already ended."""
     job = services().store.cancel(job_id, tenant())
     dispatch_webhooks()  # a queued job became canceled: its job.canceled event goes out now
+    result_cache.settle_followers()  # a canceled leader's followers run on their own
     return jsonify(job_body(job))

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, jsonify
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from api.health import workers_online
-from api.request_context import services
+from api.body import json_body, load
+from api.request_context import services, tenant
+from inferno_jobs.circuit import CircuitBreaker
+from inferno_jobs.custom_metrics import CustomMetricRequest, CustomMetrics, CustomMetricSample
 from inferno_jobs.job import now
 from inferno_jobs.metrics import SPECS, Metrics
 from inferno_jobs.queue import WEBHOOK_QUEUE, all_queues
@@ -84,6 +87,12 @@ class RedisCollector:
             loaded.add_metric([model], counts.get(model, 0))
         yield loaded
 
+        circuit = GaugeMetricFamily("inferno_circuit_breaker_state",
+                                    "Circuit breaker of each model: 0 closed, 1 half-open, 2 open", labels=["model"])
+        for breaker in CircuitBreaker(svc.redis, svc.settings).get_many(sorted(m.name for m in svc.models.all())):
+            circuit.add_metric([breaker.model], breaker.state.gauge)
+        yield circuit
+
         live = GaugeMetricFamily("inferno_jobs_running", "Jobs running now", value=svc.redis.zcard(
             svc.store.keys.running_leases()))
         yield live
@@ -92,6 +101,8 @@ class RedisCollector:
                                    value=svc.redis.llen(svc.store.keys.outbox())
                                    + svc.redis.zcard(svc.store.keys.outbox_claimed()))
         yield outbox
+
+        yield from custom_metrics(svc).collect()  # POST /metrics/custom
 
 
 def render(svc) -> bytes:
@@ -105,3 +116,16 @@ def render(svc) -> bytes:
 def metrics():
     """Prometheus text exposition (no auth: scrape it from inside the deployment's network)."""
     return Response(render(services()), content_type=CONTENT_TYPE)
+
+
+def custom_metrics(svc) -> CustomMetrics:
+    """The deployment's custom metrics (inferno_jobs/custom_metrics.py)."""
+    return CustomMetrics(svc.redis, svc.store.keys, svc.settings.custom_metrics_max_series)
+
+
+@bp.post("/metrics/custom")
+def push_custom_metric():
+    """Record a sample of the caller's custom metric: 201 when it starts a series, 200 when it updates one."""
+    owner = tenant()
+    sample = custom_metrics(services()).record(load(CustomMetricRequest(), json_body()), owner)
+    return jsonify(CustomMetricSample().dump(sample)), 201 if sample["created"] else 200

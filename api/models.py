@@ -8,7 +8,10 @@ import time
 
 from flask import Blueprint, jsonify
 
-from api.request_context import services, tenant
+from api.auth import require_operator_or_key
+from api.controls import require_admin
+from api.request_context import services
+from inferno_jobs.circuit import CircuitBreaker
 from inferno_jobs.errors import Timeout
 from inferno_jobs.job import new_id, now
 from inferno_jobs.queue import queue_name
@@ -30,31 +33,61 @@ def loaded_models() -> set[str]:
     return {m for r in reports if r.get("reported_at", 0) >= horizon for m in r.get("models", [])}
 
 
+def circuit_breaker() -> CircuitBreaker:
+    """The models' circuit breakers (docs/operations.md#circuit-breakers)."""
+    return CircuitBreaker(services().redis, services().settings)
+
+
 def describe(model) -> dict:
     """The model as ``GET /models`` shows it."""
-    return ModelResponse().dump(dict(model.describe(), loaded=model.name in loaded_models()))
+    return ModelResponse().dump(dict(model.describe(), loaded=model.name in loaded_models(),
+                                     circuit=circuit_breaker().get(model.name).to_api()))
 
 
 @bp.get("/models")
 def list_models():
-    """Every model in ``MODEL_DIR`` with its type, device, size, batch size and whether a worker has it loaded."""
-    tenant()
+    """Every model in ``MODEL_DIR`` with its type, device, size, batch size, whether a worker has it loaded and its
+    circuit breaker."""
+    require_operator_or_key()
     loaded = loaded_models()
-    models = [dict(m.describe(), loaded=m.name in loaded) for m in services().models.all()]
+    repository = services().models.all()
+    circuits = circuit_breaker().get_many(m.name for m in repository)
+    models = [dict(m.describe(), loaded=m.name in loaded, circuit=c.to_api()) for m, c in zip(repository, circuits)]
     return jsonify(ModelList().dump({"models": models}))
 
 
-def _command(model_id: str, action: str):
-    tenant()
+@bp.post("/models/<model_id>/circuit/reset")
+def reset_circuit(model_id: str):
+    """Close a model's circuit breaker by hand and forget its failures (admin key): the model as ``GET /models``
+    shows it."""
+    require_admin()
     model = services().models.get(model_id)
-    request_command(services().store, model.name, action)
+    circuit_breaker().reset(model.name)
+    return jsonify(describe(model))
+
+
+def apply_command(names: list[str], action: str) -> bool:
+    """Ask every worker to ``load`` or ``unload`` the models ``names``; True once the workers report them so,
+    False if they still do not after ``COMMAND_WAIT_S`` (the command stays in force and is applied later)."""
+    for name in names:
+        request_command(services().store, name, action)
     want = action == "load"
     deadline = time.monotonic() + COMMAND_WAIT_S
-    while (model.name in loaded_models()) != want and time.monotonic() < deadline:
+    while True:
+        loaded = loaded_models()
+        if all((name in loaded) == want for name in names):
+            return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.2)
-    body = describe(model)
+
+
+def _command(model_id: str, action: str):
+    require_operator_or_key()
+    model = services().models.get(model_id)
+    done = apply_command([model.name], action)
     # 200 once the workers report the new state; 202 while it is still being applied.
-    return jsonify(body), (200 if body["loaded"] == want else 202)
+    return jsonify(describe(model)), (200 if done else 202)
 
 
 @bp.post("/models/<model_id>/load")
@@ -75,13 +108,17 @@ def validate_model(model_id: str):
 
     504 ``TIMEOUT`` when no worker of the model's pool answers within a minute.
     """
-    tenant()
+    require_operator_or_key()
+    return jsonify(run_validation(services().models.get(model_id)))
+
+
+def run_validation(model) -> dict:
+    """Have a worker of ``model``'s pool load it afresh and run a sample: its report; raises :class:`Timeout`."""
     svc = services()
-    model = svc.models.get(model_id)
     reply_key = svc.store.keys.model_validation(new_id("val"))
     svc.celery.send_task(VALIDATE_MODEL, args=[model.name, reply_key], queue=queue_name(model.pool, "high"))
     reply = svc.redis.blpop([reply_key], timeout=VALIDATE_WAIT_S)
     if reply is None:
         raise Timeout(f"no {model.pool} worker validated {model.name!r} within {VALIDATE_WAIT_S} s",
                       details={"pool": model.pool})
-    return jsonify(json.loads(reply[1]))
+    return json.loads(reply[1])

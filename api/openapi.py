@@ -6,12 +6,14 @@ import re
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 
 from inferno_jobs import __version__
 from api.batches import SCHEMAS as batch_schemas
 from api.controls import SCHEMAS as control_schemas
 from api.deliveries import SCHEMAS as delivery_schemas
+from api.ratelimit import rate_limited
+from api.versioning import deprecation_of
 from inferno_jobs import schemas
 
 # Blueprints that describe their own routes and schemas (ROUTES, SCHEMAS), merged into the document.
@@ -39,6 +41,8 @@ ROUTES = {
     "/models/{model_id}/unload": {"post": ("Unload a model everywhere", None, 200, "ModelResponse", (401, 404))},
     "/models/{model_id}/validate": {"post": ("Validate a model in a worker", None, 200, "ModelValidation",
                                              (401, 404, 504))},
+    "/models/{model_id}/circuit/reset": {"post": ("Close a model's circuit breaker (admin key)", None, 200,
+                                                  "ModelResponse", (401, 403, 404))},
     "/batches": {
         "post": ("Submit a batch: multipart file=@prompts.jsonl (+model, type, params, priority, webhook_url) or "
                  "JSON requests; ?dry_run=true validates only", "BatchRequest", 202, "BatchResponse",
@@ -93,9 +97,19 @@ ROUTES = {
     "/workers": {"get": ("Worker nodes: pool, models, healthy, jobs done, errors, mean run time", None, 200,
                          "WorkerList", (401,))},
     "/metrics": {"get": ("Prometheus metrics (text exposition)", None, 200, None, ())},
+    "/metrics/custom": {"post": ("Record a custom metric sample, exposed on /metrics as inferno_custom_<name>",
+                                 "CustomMetricRequest", 200, "CustomMetricSample", (400, 401, 409))},
     "/health": {"get": ("Health", None, 200, "HealthResponse", ())},
     "/ready": {"get": ("Readiness", None, 200, "HealthResponse", (503,))},
 }
+
+
+# Routes that take no API key or token.
+UNAUTHENTICATED = ("/health", "/ready", "/metrics", "/auth/login")
+
+# What every rate-limited route (the ones that submit work) may also answer: 429 (rate limits, throttling) and 503
+# (queues full, circuit open).
+SUBMIT_ERRORS = (429, 503)
 
 
 def all_routes() -> dict:
@@ -104,8 +118,20 @@ def all_routes() -> dict:
 
     routes = dict(ROUTES)
     for name in SELF_DESCRIBED:
-        routes.update(importlib.import_module(f"api.{name}").ROUTES)
+        # Merged per method: a blueprint may add a method to another's path (seed 001's DELETE /models).
+        for path, methods in importlib.import_module(f"api.{name}").ROUTES.items():
+            routes[path] = {**routes.get(path, {}), **methods}
     return routes
+
+
+def _deprecated_operations() -> set[tuple[str, str]]:
+    """``(path, method)`` of every route marked with ``api.versioning.deprecated``, in the document's path form."""
+    out = set()
+    for rule in current_app.url_map.iter_rules():
+        if deprecation_of(rule.endpoint) is not None:
+            path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+            out.update((path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"})
+    return out
 
 
 def build_spec() -> dict:
@@ -125,9 +151,12 @@ def build_spec() -> dict:
         described.update(importlib.import_module(f"api.{module}").SCHEMAS)
     for name, schema in {**delivery_schemas, **batch_schemas, **control_schemas, **described}.items():
         spec.components.schema(name, schema=schema)
+    deprecated = _deprecated_operations()
     for path, methods in all_routes().items():
         operations = {}
         for method, (summary, body, status, response, errors) in methods.items():
+            if rate_limited(method.upper(), path):
+                errors = tuple(sorted(set(errors) | set(SUBMIT_ERRORS)))
             op = {"summary": summary,
                   "responses": {str(status): {"description": "OK", **(
                                     {"content": {"application/json": {"schema": response}}} if response else {})},
@@ -138,8 +167,10 @@ def build_spec() -> dict:
             if params:
                 op["parameters"] = [{"name": p, "in": "path", "required": True,
                                      "schema": {"type": "integer" if p == "n" else "string"}} for p in params]
-            if path not in ("/health", "/ready", "/metrics"):
+            if path not in UNAUTHENTICATED and not path.startswith("/webhooks/ingest"):  # ingest: signed instead
                 op["security"] = [{"bearer": []}, {"apiKey": []}]
+            if (path, method) in deprecated:
+                op["deprecated"] = True
             operations[method] = op
         spec.path(path=path, operations=operations)
     return spec.to_dict()

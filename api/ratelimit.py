@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from flask import Flask, g, request
 
-from api.request_context import services, tenant
+from api.request_context import engine_config, services, tenant
 from inferno_jobs.errors import QueueFull, RateLimitExceeded
 from inferno_jobs.metrics import RATE_LIMITED
 from inferno_jobs.queue import pool_queues
 from inferno_jobs.ratelimit import Limits, RateLimiter, estimate_tokens
 
 LIMITED_PATHS = frozenset({"/jobs", "/batches", "/batch", "/inference", "/inference/stream", "/embeddings",
-                           "/predict", "/predict/batch", "/predict/async"})
+                           "/predict", "/predict/batch", "/predict/async", "/feature-importance"})
 CONCURRENCY_RETRY_AFTER_S = 2
+THROTTLE_RETRY_AFTER_S = 2
 
 
 def rate_limited(method: str, path: str) -> bool:
@@ -49,19 +50,33 @@ def limits_for_caller() -> Limits | None:
     return None
 
 
-def _subject() -> str:
+def subject() -> str:
+    """Who a limited request counts against: its API key, or its client IP when auth is disabled."""
     record = g.get("api_key")
     return record.id if record is not None else f"ip:{request.remote_addr or 'unknown'}"
 
 
 def check_capacity(pool: str, owner: str) -> None:
-    """Refuse a new job when its pool's queues are full (503) or its tenant has too many jobs in flight (429).
+    """Refuse a new job when its pool's queues are full (503), when the deployment is throttled and has
+    ``max_concurrent_requests`` jobs in flight (429), or when its tenant has too many jobs in flight (429).
 
     Called by every surface that creates jobs (``api.jobs.submit``). The concurrency count is per tenant, with the
     calling key's limit; it applies only with auth enabled (with auth disabled every caller is the one local tenant).
+    Throttling (``POST /config`` ``enable_throttling``) counts every tenant's queued and running jobs.
     """
     svc = services()
     settings = svc.settings
+    config = engine_config()
+    if config.enable_throttling:
+        in_flight = svc.store.in_flight()
+        if in_flight >= config.max_concurrent_requests:
+            svc.store.metrics.inc(RATE_LIMITED, ("throttled",))
+            raise RateLimitExceeded(
+                f"the engine is throttled: {in_flight} jobs queued or running, its limit is "
+                f"{config.max_concurrent_requests} (max_concurrent_requests); retry after {THROTTLE_RETRY_AFTER_S} "
+                "seconds", details={"limit": "max_concurrent_requests", "limit_value": config.max_concurrent_requests,
+                                    "active": in_flight, "retry_after": THROTTLE_RETRY_AFTER_S},
+                retry_after_s=THROTTLE_RETRY_AFTER_S)
     if settings.max_queue_depth:
         depth = sum(svc.store.queue_depths(pool_queues(pool)))
         if depth >= settings.max_queue_depth:
@@ -86,6 +101,21 @@ def check_capacity(pool: str, owner: str) -> None:
                 retry_after_s=CONCURRENCY_RETRY_AFTER_S)
 
 
+def count_request(subject: str, limits: Limits, body=None) -> None:
+    """Count one request of ``subject`` against ``limits`` (its JSON ``body`` for the tokens limit); over a limit,
+    raise 429 ``RATE_LIMIT_EXCEEDED``. The response gets the ``X-RateLimit-*`` headers either way."""
+    g.rate_limits = limits
+    decision = _limiter().hit(subject, limits, tokens=estimate_tokens(body) if limits.tpm else 0)
+    g.rate_decision = decision
+    if not decision.allowed:
+        services().store.metrics.inc(RATE_LIMITED, (decision.refused_by,))
+        what = {"rpm": "requests per minute", "rph": "requests per hour", "tpm": "tokens per minute"}
+        raise RateLimitExceeded(
+            f"Rate limit exceeded ({what[decision.refused_by]}). Please retry after {decision.retry_after_s} "
+            "seconds.", details={"limit": decision.refused_by, "retry_after": decision.retry_after_s},
+            retry_after_s=decision.retry_after_s)
+
+
 def init_app(app: Flask) -> None:
     """Count each rate-limited request before its view runs and put the headers on its response."""
 
@@ -96,18 +126,8 @@ def init_app(app: Flask) -> None:
         limits = limits_for_caller()
         if limits is None or not (limits.rpm or limits.rph or limits.tpm):
             return
-        g.rate_limits = limits
         # Only a JSON body is read here: a multipart upload's stream must stay unread for its view.
-        body = request.get_json(silent=True) if request.is_json else None
-        decision = _limiter().hit(_subject(), limits, tokens=estimate_tokens(body) if limits.tpm else 0)
-        g.rate_decision = decision
-        if not decision.allowed:
-            services().store.metrics.inc(RATE_LIMITED, (decision.refused_by,))
-            what = {"rpm": "requests per minute", "rph": "requests per hour", "tpm": "tokens per minute"}
-            raise RateLimitExceeded(
-                f"Rate limit exceeded ({what[decision.refused_by]}). Please retry after {decision.retry_after_s} "
-                "seconds.", details={"limit": decision.refused_by, "retry_after": decision.retry_after_s},
-                retry_after_s=decision.retry_after_s)
+        count_request(subject(), limits, request.get_json(silent=True) if request.is_json else None)
 
     @app.after_request
     def _headers(response):

@@ -18,6 +18,7 @@ from api.compat_schemas import PredictAsyncRequest, PredictBatchRequest, Predict
 from api.jobs import check_input_for_model, submit
 from api.request_context import services, tenant
 from api.sync_jobs import find_model, job_error, submit_now, wait
+from api.versioning import deprecated
 from inferno_jobs.errors import InvalidRequest
 from inferno_jobs.job import Job, JobStatus, JobType, Priority, isoformat, now
 
@@ -76,6 +77,7 @@ def predict():
 
 
 @bp.post("/predict/batch")
+@deprecated(since="2026-11-25", sunset="2027-05-31", link="docs/seeds.md#post-predictbatch--one-job-per-item")
 def predict_batch():
     """One job per batch item, all high priority: a worker runs them as one micro-batch."""
     owner = tenant()

@@ -6,8 +6,11 @@ Client -> server: ``auth`` ``{"token"}``; ``inference`` ``{"id", "model", "promp
 ``error`` ``{"id"?, "code", "message"}``, ``pong``.
 
 Each inference is a high-priority streaming job; a thread per request forwards its tokens. ``cancel`` and a
-closed socket cancel the socket's unfinished jobs. Served by flask-sock (simple-websocket): under gunicorn each
-open socket holds one worker thread, so ``inferno-jobs api --threads`` bounds the open sockets per process.
+closed socket cancel the socket's unfinished jobs. Each ``inference`` message counts against the key's rate limits
+as one ``POST`` would (docs/operations.md#rate-limits): over a limit it gets an ``error`` message with code
+``RATE_LIMIT_EXCEEDED`` and ``details.retry_after``, and the socket stays open. Served by flask-sock
+(simple-websocket): under gunicorn each open socket holds one worker thread, so ``inferno-jobs api --threads``
+bounds the open sockets per process.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import contextlib
 import json
 import threading
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, g, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
 from api.compat_schemas import WebSocketInference, load_request
+from api.ratelimit import count_request, limits_for_caller, subject
 from api.request_context import services
 from api.seed_inference import generation_job
 from api.sync_jobs import job_error, stream_tokens
@@ -61,7 +65,13 @@ class Session:
         key = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("X-API-Key")
         if key:
             with contextlib.suppress(InfernoError):
-                self.tenant = self.svc.keyring.authenticate(key).tenant
+                self.authenticate(key)
+
+    def authenticate(self, key) -> None:
+        """Authenticate with an API key; the request's ``g`` then holds it, as for HTTP (rate limits read it)."""
+        record = self.svc.keyring.authenticate(key if isinstance(key, str) else None)
+        g.api_key, g.tenant = record, record.tenant
+        self.tenant = record.tenant
 
     def run(self) -> None:
         self.authenticate_from_headers()
@@ -88,9 +98,10 @@ class Session:
         if kind == "ping":
             self.send({"type": "pong", "id": message.get("id"), "timestamp": isoformat(now())})
         elif kind == "auth":
-            token = message.get("token")
-            self.tenant = (LOCAL_TENANT if not self.svc.settings.auth_enabled
-                           else self.svc.keyring.authenticate(token if isinstance(token, str) else None).tenant)
+            if self.svc.settings.auth_enabled:
+                self.authenticate(message.get("token"))
+            else:
+                self.tenant = LOCAL_TENANT
             self.send({"type": "auth", "authenticated": True})
         elif kind == "inference":
             self.inference(message)
@@ -103,6 +114,9 @@ class Session:
         if self.tenant is None:
             raise AuthenticationFailed("send {\"type\": \"auth\", \"token\": \"<key>\"} first")
         data = load_request(WebSocketInference(), message)
+        limits = limits_for_caller()
+        if limits is not None and (limits.rpm or limits.rph or limits.tpm):
+            count_request(subject(), limits, message)
         request_id = data.get("id") or f"ws_{len(self.jobs)}_{now():.0f}"
         if request_id in self.jobs:
             raise InvalidRequest(f"request {request_id} is still running", details={"field": "id"})

@@ -96,7 +96,10 @@ class Stack:
         self.api_port = free_port()
         self.settings = Settings.from_env({}, redis_url=self.redis_server.url, model_dir=self.model_dir,
                                           auth="disabled", key_prefix="bench", api_port=self.api_port,
-                                          api_host="127.0.0.1")
+                                          api_host="127.0.0.1",
+                                          # The bench sends the same job thousands of times: with the result cache
+                                          # it would measure cache hits, not the queue and the engine.
+                                          engine_enable_cache=False)
         self.keys = Keyspace(self.settings.key_prefix)
         self.api: Service | None = None
         self.worker: Service | None = None

@@ -178,12 +178,17 @@ def _limit_options(fn):
     return fn
 
 
+def _key_options(fn):
+    """The options of a new key besides its tenant: ``--name --admin --rpm --rph --tpm --concurrent --json``."""
+    fn = click.option("--json", "as_json", is_flag=True, help="Print {key, tenant, webhook_secret} as JSON.")(fn)
+    fn = _limit_options(fn)
+    fn = click.option("--admin", is_flag=True, help="The key may pause, resume and purge queues.")(fn)
+    return click.option("--name", required=True)(fn)
+
+
 @keys.command("create")
-@click.option("--name", required=True)
 @click.option("--tenant", default=None, help="Add the key to an existing tenant (default: a new tenant).")
-@click.option("--admin", is_flag=True, help="The key may pause, resume and purge queues.")
-@_limit_options
-@click.option("--json", "as_json", is_flag=True, help="Print {key, tenant, webhook_secret} as JSON.")
+@_key_options
 def keys_create(name: str, tenant: str | None, admin: bool, rpm, rph, tpm, concurrent, as_json: bool) -> None:
     """Create a key. The key is shown once; only its hash is stored."""
     limits = {k: v for k, v in {"rpm": rpm, "rph": rph, "tpm": tpm, "concurrent": concurrent}.items()
@@ -247,6 +252,46 @@ def keys_rotate_secret(tenant: str, grace_s: int | None) -> None:
                "Store the new secret now: it is not shown again.")
 
 
+# -- security: the seeds' key command, operator logins (docs/security.md) ------------------------------------------
+
+@main.group()
+def security() -> None:
+    """API keys by user (the seeds' command) and operator password hashes."""
+
+
+@security.group("api-key")
+def security_api_key() -> None:
+    """API keys: ``api-key create --user USER_ID`` is ``keys create --tenant USER_ID``."""
+
+
+@security_api_key.command("create")
+@click.option("--user", "tenant", required=True, help="The user (tenant) the key belongs to; a new id makes one.")
+@_key_options
+@click.pass_context
+def security_api_key_create(ctx, **options) -> None:
+    """Create a key for a user. The key is shown once; only its hash is stored."""
+    ctx.invoke(keys_create, **options)
+
+
+@security.command("hash-password")
+@click.option("--username", default=None, help="Print a whole INFERNO_OPERATORS entry: username:hash.")
+def security_hash_password(username: str | None) -> None:
+    """Hash an operator's password for INFERNO_OPERATORS (docs/security.md#operator-logins). The password is read
+    from a prompt (typed twice) or the first line of standard input, never from the command line."""
+    from inferno_jobs.operator import hash_password
+
+    if username is not None and (not username or set(username) & set(":, \t")):
+        raise click.BadParameter("a username has no ':', ',' or whitespace", param_hint="--username")
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise click.ClickException("the password is empty")
+    encoded = hash_password(password)
+    click.echo(f"{username}:{encoded}" if username else encoded)
+
+
 # -- webhooks ----------------------------------------------------------------------------------------------------
 
 @main.group()
@@ -300,6 +345,13 @@ def models_build_demo(names: tuple[str, ...], force: bool) -> None:
 from inferno_jobs.batch_cli import batch  # noqa: E402  (the group's module reaches back here for _client)
 
 main.add_command(batch)
+
+
+# -- inbound webhook sources (inferno_jobs/ingest_cli.py) ------------------------------------------------------------
+
+from inferno_jobs.ingest_cli import ingest_sources  # noqa: E402
+
+main.add_command(ingest_sources)
 
 
 if __name__ == "__main__":

@@ -111,15 +111,27 @@ class Settings:
     engine_cache_ttl_seconds: int = 3600  # how long a cached result is served
     engine_enable_throttling: bool = False  # refuse new jobs beyond engine_max_concurrent_requests in flight
     engine_max_concurrent_requests: int = 100  # jobs queued or running at once, deployment-wide, when throttling
-    engine_enable_quantization: bool = False  # serve dynamically quantized (int8) copies of the models
+    engine_enable_quantization: bool = False  # must stay false: models are served as exported (refused if true)
 
     # Circuit breakers per model (docs/operations.md#circuit-breakers).
+    circuit_failure_threshold: int = 5  # consecutive failed engine calls of a model that open its circuit; 0: off
+    circuit_open_s: int = 30  # an open circuit refuses new jobs this long, then lets one probe job through
+    circuit_probe_s: int = 60  # a probe job that never reports (bad input, canceled, lost) frees its slot after this
 
     # Operator logins: POST /auth/login and its JWTs (docs/security.md#operator-logins).
+    operators: tuple[str, ...] = ()  # username:<hash from `inferno-jobs security hash-password`>, comma-separated
+    jwt_secret: str = ""  # HS256 key of operator tokens; empty: a random one generated once and kept in Redis
+    jwt_ttl_s: int = 900  # lifetime of an operator token
+    login_failures_per_min: int = 5  # failed logins per username and client IP per minute, then 429 (0: no limit)
 
     # Inbound signed webhooks: POST /webhooks/ingest (docs/webhooks.md#inbound-webhooks).
+    ingest_replay_ttl_s: int = 24 * 3600  # how long an inbound webhook-id is remembered (at least 600)
+    ingest_secret_grace_s: int = 24 * 3600  # how long a source's previous secret still verifies after a rotation
 
     # Traces and custom metrics: GET /traces, POST /metrics/custom (docs/operations.md).
+    tracing: str = "off"  # on | off: record spans for GET /traces (on whenever INFERNO_OTEL_ENDPOINT is set)
+    traces_kept: int = 1000  # finished spans GET /traces keeps in Redis (the oldest go first)
+    custom_metrics_max_series: int = 1000  # custom metric series (name + labels + tenant) across the deployment
 
     @property
     def auth_enabled(self) -> bool:
@@ -153,6 +165,9 @@ class Settings:
         settings = cls(**values)
         if settings.auth not in {"required", "disabled"}:
             raise ValueError(f"INFERNO_AUTH must be 'required' or 'disabled', not {settings.auth!r}")
+        if settings.engine_enable_quantization:
+            raise ValueError("ENGINE_ENABLE_QUANTIZATION is not supported: export a quantized model into MODEL_DIR "
+                             "(docs/configuration.md#runtime-configuration)")
         return settings
 
     def env(self) -> dict[str, str]:

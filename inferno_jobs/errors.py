@@ -112,6 +112,10 @@ class QueueFull(ModelNotLoaded):
     """Raised when a pool's queues hold ``max_queue_depth`` jobs: backpressure, 503 with ``Retry-After``."""
 
 
+class CircuitOpen(ModelNotLoaded):
+    """Raised when a model's circuit breaker is open (its runs keep failing): 503 with ``Retry-After``."""
+
+
 class InferenceFailed(InfernoError):
     """Raised when running a model fails."""
 

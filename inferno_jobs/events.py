@@ -50,14 +50,15 @@ class JobEvents:
         self.settings = settings
         self.keys = Keyspace(settings.key_prefix)
 
-    def append_status(self, pipe, job: Job, expire_s: int) -> None:
-        """Queue, on ``pipe`` (inside the store's transaction), the entry for ``job``'s current status.
+    def append_status(self, pipe, job: Job, expire_s: int, status: JobStatus | None = None) -> None:
+        """Queue, on ``pipe`` (inside the store's transaction), the entry for ``job``'s current status (or
+        ``status``, one it passed through in the same change).
 
         A finished job's stream is kept ``events_retention_s`` (at most ``expire_s``); a live one as long as its
         record.
         """
         key = self.keys.job_events(job.id)
-        data = {"id": job.id, "status": job.status.value, "at": now()}
+        data = {"id": job.id, "status": (status or job.status).value, "at": now()}
         pipe.xadd(key, {"kind": STATUS, "data": json.dumps(data)}, maxlen=MAX_EVENTS, approximate=True)
         if job.status.terminal:
             expire_s = min(expire_s, self.settings.events_retention_s)

@@ -43,6 +43,7 @@ class JobType(str, Enum):
     CHAT = "chat"
     EMBEDDING = "embedding"
     PREDICT = "predict"
+    FEATURE_IMPORTANCE = "feature_importance"  # per-feature importance of one tabular row (inferno_jobs/importance.py)
 
 
 class Priority(str, Enum):
@@ -146,6 +147,8 @@ class Job:
     lease_expires_at: float | None = None
     request_id: str | None = None
     requeued_at: float | None = None  # set by retry(): its ttl_s counts from here
+    cache_key: str | None = None  # a cacheable job's result-cache key (inferno_jobs/resultcache.py)
+    shared_run_of: str | None = None  # a follower: the id of the identical job in flight whose run it shares
 
     @classmethod
     def create(cls, **fields) -> "Job":

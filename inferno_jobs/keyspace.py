@@ -179,3 +179,92 @@ class Keyspace:
     def engine_config(self) -> str:
         """The engine settings an operator changed with ``POST /config``: field -> JSON value (a hash)."""
         return f"{self.prefix}:engine:config"
+
+    def engine_restart(self) -> str:
+        """How many times ``POST /restart`` was asked (a counter every worker process follows)."""
+        return f"{self.prefix}:engine:restart"
+
+    def engine_restart_acks(self) -> str:
+        """Worker process (``host:pid``) -> the restart count it has applied (a hash)."""
+        return f"{self.prefix}:engine:restart:acks"
+
+    # -- traces and custom metrics (docs/operations.md#traces, docs/operations.md#custom-metrics) ------------------
+
+    def traces(self) -> str:
+        """Summaries of the latest finished spans of the API and workers, newest first (a capped list of JSON)."""
+        return f"{self.prefix}:traces"
+
+    def custom_metrics(self) -> str:
+        """Custom metrics defined with ``POST /metrics/custom``: name -> JSON (type, help, label names)."""
+        return f"{self.prefix}:custom:metrics"
+
+    def custom_series(self) -> str:
+        """Every custom metric series (metric name and label values, a set): what the series cap counts."""
+        return f"{self.prefix}:custom:series"
+
+    # -- operator logins (docs/security.md#operator-logins) ----------------------------------------------------------
+
+    def jwt_secret(self) -> str:
+        """The generated signing key of operator tokens, shared by every API replica (set once, with SET NX)."""
+        return f"{self.prefix}:auth:jwt_secret"
+
+    def login_failures(self, username: str, client_ip: str, window_start: int) -> str:
+        """Failed logins of one username from one client IP in one minute; the name is hashed so any value is safe."""
+        digest = hashlib.sha256(username.encode()).hexdigest()[:32]
+        return f"{self.prefix}:auth:failures:{digest}:{client_ip}:{window_start}"
+
+    # -- inbound signed webhooks (docs/webhooks.md#inbound-webhooks) ------------------------------------------------
+
+    def ingest_source(self, name: str) -> str:
+        """An inbound webhook source (a JSON string: tenant, secrets, job defaults)."""
+        return f"{self.prefix}:ingest:source:{name}"
+
+    def ingest_sources(self) -> str:
+        """The names of every inbound webhook source (a set)."""
+        return f"{self.prefix}:ingest:sources"
+
+    def ingest_seen(self, source: str, webhook_id: str) -> str:
+        """The job one inbound ``webhook-id`` created (replay protection); the id is hashed so any value is safe."""
+        digest = hashlib.sha256(webhook_id.encode()).hexdigest()
+        return f"{self.prefix}:ingest:seen:{source}:{digest}"
+
+    # -- circuit breakers per model (docs/operations.md#circuit-breakers) ------------------------------------------
+
+    def circuit(self, model: str) -> str:
+        """A model's circuit breaker (a hash: state, failures, opened_at, open_until); no key while closed and
+        healthy."""
+        return f"{self.prefix}:circuit:{model}"
+
+    def circuit_probe(self, model: str) -> str:
+        """The one half-open probe let through for a model (a token with a TTL)."""
+        return f"{self.prefix}:circuit:{model}:probe"
+
+    # -- result cache and request deduplication (docs/cache.md) ----------------------------------------------------
+
+    def cache_entry(self, cache_key: str) -> str:
+        """One cached result (a JSON string, expiring after ``cache_ttl_seconds``)."""
+        return f"{self.prefix}:cache:entry:{cache_key}"
+
+    def cache_lru(self) -> str:
+        """Cached results scored by a use counter: the least recently used is evicted first."""
+        return f"{self.prefix}:cache:lru"
+
+    def cache_expiry(self) -> str:
+        """Cached results scored by when they expire: their ``cache_lru`` entries are dropped then."""
+        return f"{self.prefix}:cache:expiry"
+
+    def cache_clock(self) -> str:
+        """The counter that orders cache uses (one clock for every API and worker process)."""
+        return f"{self.prefix}:cache:clock"
+
+    def cache_inflight(self, cache_key: str) -> str:
+        """The id of the job running a cacheable request now (its leader); identical requests wait on it."""
+        return f"{self.prefix}:cache:inflight:{cache_key}"
+
+    def cache_followers(self, leader_id: str) -> str:
+        """The jobs waiting on a leader's run (a set): settled when it ends."""
+        return f"{self.prefix}:cache:followers:{leader_id}"
+
+    def cache_settle(self) -> str:
+        """Leaders that ended, whose followers still need settling (a list, pushed in the ending's transaction)."""
+        return f"{self.prefix}:cache:settle"

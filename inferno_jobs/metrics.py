@@ -46,9 +46,20 @@ WEBHOOK_DELIVERIES = Spec("webhook_deliveries", "Webhook delivery attempts by ev
                           "(delivered, retrying, failed, dropped)", ("event", "outcome"))
 BATCH_LINES = Spec("batch_lines", "Batch lines processed, by model and outcome", ("model", "status"))
 RATE_LIMITED = Spec("rate_limited", "Requests refused with 429 or 503, by the limit that refused them", ("limit",))
+INGEST_WEBHOOKS = Spec("ingest_webhooks", "Inbound signed webhooks (POST /webhooks/ingest) by source, outcome "
+                       "(accepted, refused) and the reason of a refusal", ("source", "outcome", "reason"))
+
+CIRCUIT_OPENS = Spec("circuit_breaker_open", "Times a model's circuit breaker opened (docs/operations.md)", ("model",))
+
+CACHE_HITS = Spec("cache_hits", "Requests answered from the result cache (docs/cache.md)", ("type", "model"))
+CACHE_MISSES = Spec("cache_misses", "Cacheable requests the result cache could not answer", ("type", "model"))
+CACHE_EVICTIONS = Spec("cache_evictions", "Results evicted from the cache to stay within max_cache_entries", ())
+CACHE_SHARED = Spec("cache_shared_runs", "Requests that shared the run of an identical request in flight",
+                    ("type", "model"))
 
 SPECS = {s.name: s for s in (JOBS_SUBMITTED, JOBS_FINISHED, JOBS_RETRIED, QUEUE_WAIT, RUN_TIME, WEBHOOK_DELIVERIES,
-                             BATCH_LINES, RATE_LIMITED)}
+                             BATCH_LINES, RATE_LIMITED, INGEST_WEBHOOKS, CIRCUIT_OPENS, CACHE_HITS, CACHE_MISSES,
+                             CACHE_EVICTIONS, CACHE_SHARED)}
 
 
 def _field(values) -> str:

@@ -24,7 +24,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Which job types a model of each configured type serves.
 SERVES = {
-    "predict": {JobType.PREDICT},
+    "predict": {JobType.PREDICT, JobType.FEATURE_IMPORTANCE},
     "embedding": {JobType.EMBEDDING},
     "completion": {JobType.COMPLETION, JobType.CHAT},
 }

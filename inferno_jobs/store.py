@@ -19,7 +19,20 @@ from inferno_jobs.job import EVENT_FOR_STATUS, Job, JobStatus, new_id, now, tran
 from inferno_jobs.job import retry as requeue
 from inferno_jobs.keyspace import Keyspace
 from inferno_jobs.metrics import Metrics
-from inferno_jobs.queue import PRIORITY_ORDER, queue_name
+from inferno_jobs.queue import PRIORITY_ORDER, all_queues, queue_name
+
+
+# A job that may lead identical requests in flight ended (docs/cache.md): free its in-flight key, and list it for
+# resultcache.settle() only when followers wait on it (a follower joins under WATCH of its leader's record, so none
+# can join after this). KEYS: in-flight key, followers, settle list. ARGV: job id.
+_LEADER_ENDED = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('SCARD', KEYS[2]) > 0 then redis.call('LPUSH', KEYS[3], ARGV[1]) end
+"""
+
+
+# The ends a queued job reaches only through running: seen in one change, it went through running in that change.
+RAN_AT_ONCE = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT})
 
 
 class JobStore:
@@ -102,6 +115,9 @@ class JobStore:
         keys = self.keys
         pipe.set(keys.job(job.id), json.dumps(job.to_dict()), ex=self._expiry_s(job))
         if job.status is not before:  # the job's event stream hears of every status change, in this transaction
+            if before is JobStatus.QUEUED and job.status in RAN_AT_ONCE:
+                # It ran within this one change (a cached or shared result, docs/cache.md): running, then its end.
+                self.events.append_status(pipe, job, self._expiry_s(job), status=JobStatus.RUNNING)
             self.events.append_status(pipe, job, self._expiry_s(job))
         queue = queue_name(job.pool, job.priority)
         if before is JobStatus.QUEUED and job.status is not JobStatus.QUEUED:
@@ -118,16 +134,28 @@ class JobStore:
         elif before is JobStatus.RUNNING:
             pipe.zrem(keys.running_leases(), job.id)
         if job.status.terminal and before is not None and not before.terminal:
+            if job.cache_key and not job.shared_run_of:  # it may lead identical jobs (inferno_jobs/resultcache.py)
+                pipe.eval(_LEADER_ENDED, 3, keys.cache_inflight(job.cache_key), keys.cache_followers(job.id),
+                          keys.cache_settle(), job.id)
             event = EVENT_FOR_STATUS[job.status]
             if job.webhook and event in (job.webhook.get("events") or [event]):
                 pipe.lpush(keys.outbox(), json.dumps({"id": new_id("msg"), "type": event, "job_id": job.id,
                                                       "timestamp": now(), "request_id": job.request_id}))
 
-    def create(self, job: Job, idempotency: tuple[str, str] | None = None) -> tuple[Job, bool]:
+    def create(self, job: Job, idempotency: tuple[str, str] | None = None, *,
+               settle: Callable[[Job], None] | None = None) -> tuple[Job, bool]:
         """Store a new queued job; returns ``(job, created)``.
 
         With ``idempotency=(key, body_hash)``: a key seen before with the same body returns the first job and
         ``created=False``; with another body it raises :class:`Conflict`.
+
+        The result cache (inferno_jobs/resultcache.py) uses two variants. ``settle`` moves the new job on at once
+        (to ``succeeded`` with a cached result): it is written as created and then as moved, in one transaction,
+        so it has the events, metrics and webhook of any job and never waits in a queue. A job with
+        ``shared_run_of`` (a follower) is queued without a place in the fair order or in its model's waiting
+        set, so no worker takes it: it waits for that leader's run, unless the leader already ended or has a lower
+        priority, in which case ``shared_run_of`` is cleared and it is queued as usual (the caller sends its
+        message).
         """
         idem_key = self.keys.idempotency(job.tenant, idempotency[0]) if idempotency else None
         queue = queue_name(job.pool, job.priority)
@@ -143,22 +171,40 @@ class JobStore:
                                 raise Conflict("Idempotency-Key was already used with a different request body",
                                                details={"job_id": first["job_id"]})
                             return self.get(first["job_id"], job.tenant), False
+                    if job.shared_run_of:  # watched: the leader's ending settles its followers (and only those)
+                        pipe.watch(self.keys.job(job.shared_run_of))
+                        raw = pipe.get(self.keys.job(job.shared_run_of))
+                        leader = Job.from_dict(json.loads(raw)) if raw is not None else None
+                        # Never wait behind a lower priority: a high job does not follow a low one's turn.
+                        if leader is None or leader.status.terminal or \
+                                PRIORITY_ORDER.index(leader.priority) > PRIORITY_ORDER.index(job.priority):
+                            job.shared_run_of = None
                     seq = self.redis.incr(self.keys.sequence())
                     pipe.multi()
                     self._write(pipe, job, None)
                     pipe.zadd(self.keys.tenant_jobs(job.tenant), {job.id: 0})
-                    pipe.zadd(self.keys.queued(queue), {job.id: seq})
-                    pipe.zadd(self.keys.queued_deadlines(), {job.id: job.expires_at})
-                    pipe.zadd(self.keys.queued_sent(), {job.id: job.created_at})
-                    # Its fair-share tag orders it in its queue and (unless it streams: a streaming job runs alone,
-                    # never in another's micro-batch) in its model's waiting set.
-                    fairshare.enqueue(pipe, self.keys, job, batchable=not job.input.get("stream"))
-                    pipe.zadd(self.keys.tenant_active(job.tenant), {job.id: self._active_until(job)})
+                    stored = job
+                    if settle is not None:  # on a copy: a retried transaction starts again from the queued job
+                        stored = Job.from_dict(job.to_dict())
+                        settle(stored)
+                        self._write(pipe, stored, JobStatus.QUEUED)
+                    else:
+                        pipe.zadd(self.keys.queued(queue), {job.id: seq})
+                        pipe.zadd(self.keys.queued_deadlines(), {job.id: job.expires_at})
+                        pipe.zadd(self.keys.queued_sent(), {job.id: job.created_at})
+                        if job.shared_run_of:
+                            pipe.sadd(self.keys.cache_followers(job.shared_run_of), job.id)
+                            pipe.expire(self.keys.cache_followers(job.shared_run_of), self._expiry_s(job))
+                        else:
+                            # Its fair-share tag orders it in its queue and (unless it streams: a streaming job runs
+                            # alone, never in another's micro-batch) in its model's waiting set.
+                            fairshare.enqueue(pipe, self.keys, job, batchable=not job.input.get("stream"))
+                        pipe.zadd(self.keys.tenant_active(job.tenant), {job.id: self._active_until(job)})
                     if idem_key:
                         pipe.set(idem_key, json.dumps({"body_hash": idempotency[1], "job_id": job.id}),
                                  ex=self.settings.result_retention_s)
                     pipe.execute()
-                    return job, True
+                    return stored, True
                 except redis.WatchError:
                     continue
 
@@ -284,6 +330,29 @@ class JobStore:
                     pipe.zadd(self.keys.queued_sent(), {job.id: now()})
                     fairshare.enqueue(pipe, self.keys, job, batchable=not job.input.get("stream"))
                     pipe.zadd(self.keys.tenant_active(job.tenant), {job.id: self._active_until(job)})
+                    pipe.execute()
+                    return job
+                except redis.WatchError:
+                    continue
+
+    def run_alone(self, job_id: str) -> Job | None:
+        """Give a follower whose leader did not succeed its own place in the fair order and in its model's waiting
+        set; returns it (the caller sends its message), or None if it no longer waits on a leader."""
+        key = self.keys.job(job_id)
+        while True:
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    job = Job.from_dict(json.loads(raw)) if raw is not None else None
+                    if job is None or job.status is not JobStatus.QUEUED or not job.shared_run_of:
+                        pipe.unwatch()
+                        return None
+                    job.shared_run_of = None
+                    pipe.multi()
+                    self._write(pipe, job, job.status)
+                    fairshare.enqueue(pipe, self.keys, job, batchable=not job.input.get("stream"))
+                    pipe.zadd(self.keys.queued_sent(), {job.id: now()})
                     pipe.execute()
                     return job
                 except redis.WatchError:
@@ -435,6 +504,14 @@ class JobStore:
             for queue in queues:
                 pipe.zcard(self.keys.queued(queue))
             return pipe.execute()
+
+    def in_flight(self) -> int:
+        """How many jobs are queued or running, deployment-wide, in one round trip (for throttling)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for queue in all_queues():
+                pipe.zcard(self.keys.queued(queue))
+            pipe.zcard(self.keys.running_leases())
+            return sum(pipe.execute())
 
 
 __all__ = ["JobStore", "IllegalTransition"]

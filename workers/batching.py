@@ -12,7 +12,9 @@ import socket
 import time
 from typing import Callable
 
+from inferno_jobs.circuit import CircuitBreaker
 from inferno_jobs.control import QueueControl, paused_priorities
+from inferno_jobs.engine_config import EngineConfig
 from inferno_jobs.errors import InfernoError, InferenceFailed, JobNotFound, ModelNotFound, Timeout
 from inferno_jobs.job import Job, JobStatus, now
 from inferno_jobs.model import ModelConfig
@@ -44,11 +46,14 @@ def owner_alive(owner: str) -> bool:
 class BatchRunner:
     """Runs a job and the queued jobs of its model that can join it.
 
-    ``engine_run(model, inputs)`` returns one result dict or :class:`InfernoError` per input.
+    ``engine_run(model, inputs)`` returns one result dict or :class:`InfernoError` per input. ``engine_config()``
+    returns the live engine settings (``POST /config``: batching on/off, batch size, batch wait); without it each
+    model's own ``max_batch_size`` and ``max_batch_wait_ms`` apply.
     """
 
     def __init__(self, store: JobStore, engine_run: Callable[[str, list[dict]], list], *,
-                 model_config: Callable[[str], ModelConfig], batching: bool = True,
+                 model_config: Callable[[str], ModelConfig],
+                 engine_config: Callable[[], EngineConfig] | None = None,
                  timeout_errors: tuple[type[BaseException], ...] = (),
                  engine_stream: Callable[..., dict] | None = None):
         self.store = store
@@ -57,7 +62,7 @@ class BatchRunner:
         self.timeout_errors = timeout_errors
         self.engine_run = engine_run
         self.model_config = model_config
-        self.batching = batching
+        self.engine_config = engine_config
         self.worker = worker_identity()
 
     def claim(self, job_id: str) -> Job | None:
@@ -88,19 +93,25 @@ class BatchRunner:
         return None
 
     def gather(self, first: Job, model: ModelConfig) -> list[Job]:
-        """``first`` plus up to ``max_batch_size - 1`` queued jobs of the same model, waiting at most
-        ``max_batch_wait_ms`` for more to arrive."""
+        """``first`` plus up to ``size - 1`` queued jobs of the same model, waiting at most the batch wait for
+        more to arrive; size and wait are the live config's (read once per batch), else the model's own."""
         jobs = [first]
-        if not self.batching or model.max_batch_size <= 1:
+        if self.engine_config is None:
+            size, wait_ms = model.max_batch_size, model.max_batch_wait_ms
+        else:
+            config = self.engine_config()
+            size = config.batch_size_for(model.max_batch_size)
+            wait_ms = config.batch_wait_ms_for(model.max_batch_wait_ms)
+        if size <= 1:
             return jobs
-        deadline = time.monotonic() + model.max_batch_wait_ms / 1000
+        deadline = time.monotonic() + wait_ms / 1000
         # Jobs of a paused queue stay where they are (inferno_jobs/control.py).
         skip = paused_priorities(QueueControl(self.store).paused(), first.pool)
-        while len(jobs) < model.max_batch_size:
-            waiting = self.store.waiting(model.name, model.max_batch_size - len(jobs), skip)
+        while len(jobs) < size:
+            waiting = self.store.waiting(model.name, size - len(jobs), skip)
             if waiting:
                 jobs += self.store.claim_many(waiting, self.worker, owner_alive)
-            if len(jobs) >= model.max_batch_size or time.monotonic() >= deadline:
+            if len(jobs) >= size or time.monotonic() >= deadline:
                 break
             time.sleep(min(0.002, max(0.0, deadline - time.monotonic())))
         return jobs
@@ -132,7 +143,10 @@ class BatchRunner:
                 outcomes = [exc] * len(jobs)
             except Exception as exc:  # the engine failing as a whole fails this batch, never hangs it
                 outcomes = [InferenceFailed(f"inference failed: {exc}")] * len(jobs)
-        return self.finish(jobs, outcomes)
+        finished = self.finish(jobs, outcomes)
+        # Once per engine call, after the outcomes are stored (docs/operations.md#circuit-breakers).
+        CircuitBreaker(self.store.redis, self.store.settings).record(model.name, outcomes)
+        return finished
 
     def finish(self, jobs: list[Job], outcomes: list) -> list[Job]:
         """Store every job's outcome in one transaction: its result, its error, or ``timed_out`` past its deadline."""

@@ -14,6 +14,7 @@ from typing import Callable
 from celery.exceptions import SoftTimeLimitExceeded
 
 from inferno_jobs.batchstore import BatchStore
+from inferno_jobs.circuit import CircuitBreaker
 from inferno_jobs.delivery import dispatch_outbox
 from inferno_jobs.errors import BatchNotFound, InfernoError, InferenceFailed, Timeout
 from inferno_jobs.metrics import BATCH_LINES, Metrics
@@ -57,6 +58,8 @@ class ChunkRunner:
         stored = [(item, None, outcome.to_dict()) if isinstance(outcome, InfernoError) else (item, outcome, None)
                   for (item, _), outcome in zip(work, outcomes)]
         code = self.batches.finish_chunk(batch_id, index, stored)
+        # One engine call, after its outcomes are stored (docs/operations.md#circuit-breakers).
+        CircuitBreaker(self.batches.redis, self.batches.settings).record(batch.model, outcomes)
         if self.metrics is not None and code in (1, 2):  # counted by the one delivery that stored the chunk
             failed = sum(error is not None for _, _, error in stored)
             for status, n in (("succeeded", len(stored) - failed), ("failed", failed)):

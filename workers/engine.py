@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from typing import Callable
 
 import onnxruntime as ort
 
 from inferno_jobs.config import Settings
+from inferno_jobs.engine_config import EngineConfig
 from inferno_jobs.errors import InfernoError, ModelNotLoaded
 from inferno_jobs.model import ModelConfig, ModelRepository
 from workers.runner import Runner
@@ -34,22 +36,35 @@ def providers_for(pool: str) -> list[str]:
 
 
 class Engine:
-    """Loaded models of one worker process, least recently used evicted past ``memory_budget_bytes``."""
+    """Loaded models of one worker process, least recently used evicted past ``memory_budget_bytes``.
+
+    ``engine_config()`` returns the live engine settings: their ``num_threads`` sizes the sessions built after a
+    change (``POST /config``); loaded sessions keep theirs until they are rebuilt (``POST /restart``, or an unload
+    and load).
+    """
 
     def __init__(self, settings: Settings, pool: str = "cpu", processes: int = 1,
-                 memory_budget_bytes: int = 4 * 1024 ** 3):
+                 memory_budget_bytes: int = 4 * 1024 ** 3, engine_config: Callable[[], EngineConfig] | None = None):
         self.settings = settings
         self.repository = ModelRepository(settings.model_dir)
         self.pool = pool
         self.providers = providers_for(pool)
         self.memory_budget_bytes = memory_budget_bytes
-        self.threads = settings.onnx_threads or max(1, (os.cpu_count() or 1) // max(1, processes))
+        self.engine_config = engine_config
+        self.default_threads = max(1, (os.cpu_count() or 1) // max(1, processes))
         self._runners: OrderedDict[str, tuple[Runner, int]] = OrderedDict()
         # The model watcher thread loads and unloads while tasks run.
         self._lock = threading.RLock()
 
+    @property
+    def threads(self) -> int:
+        """Intra-op threads of a session built now: the live ``num_threads``, else ``INFERNO_ONNX_THREADS``; 0
+        means the cores divided by the worker processes, so processes x threads does not exceed the cores."""
+        wanted = self.engine_config().num_threads if self.engine_config is not None else self.settings.onnx_threads
+        return wanted or self.default_threads
+
     def session_options(self) -> ort.SessionOptions:
-        """Threads sized so that worker processes x threads does not exceed the cores."""
+        """Options of a new session, with :attr:`threads` intra-op threads."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1

@@ -3,7 +3,8 @@
 
 Commands live in Redis (one per model, the latest wins) under a generation counter; every pool child polls the
 counter on a daemon thread and acts when it moves, so a command reaches every process that serves the model,
-however many hosts there are.
+however many hosts there are. ``POST /restart`` works the same way: a restart counter, and each process rebuilds its
+engine when the counter moves and acknowledges it (docs/operations.md#restarting-the-engine).
 """
 
 from __future__ import annotations
@@ -60,13 +61,29 @@ class ModelWatcher:
         self.worker = worker
         self.interval_s = interval_s
         self.seen_generation: int | None = None
+        self.seen_restart: int | None = None
         self._stop = threading.Event()
 
-    def sync(self) -> bool:
-        """Apply the commands if the generation moved; report what is loaded. True if it applied anything."""
+    def restart_if_asked(self) -> bool:
+        """Rebuild this process's engine if ``POST /restart`` was asked since it last looked, and acknowledge the
+        restart count it now runs with. A new process starts with a fresh engine, so it only acknowledges."""
         store = self.runtime.store
+        restart = int(store.redis.get(store.keys.engine_restart()) or 0)
+        restarted = self.seen_restart is not None and restart != self.seen_restart
+        if restarted:
+            self.runtime.restart_engine()
+            self.seen_generation = None  # the new engine loads the pinned models again
+        if restart != self.seen_restart:
+            self.seen_restart = restart
+            store.redis.hset(store.keys.engine_restart_acks(), self.worker, restart)
+        return restarted
+
+    def sync(self) -> bool:
+        """Apply a restart and the model commands if they moved; report what is loaded. True if it applied
+        anything."""
+        store = self.runtime.store
+        applied = self.restart_if_asked()
         generation = int(store.redis.get(store.keys.model_generation()) or 0)
-        applied = False
         if generation != self.seen_generation:
             self.seen_generation = generation
             engine = self.runtime.engine

@@ -4,6 +4,7 @@
 - running jobs past ``timeout_s`` (plus the hard-limit grace) become ``timed_out``;
 - running jobs whose lease ran out (their worker died) are released and sent again;
 - queued jobs whose message went missing (``resend_after_s`` after it was sent) get another message;
+- followers of identical runs whose leader ended are settled (the result cache: docs/cache.md);
 - webhook events left in the outbox (a process died before handing them over) are sent to the webhooks queue;
 - this worker's heartbeat is written for ``/health`` and ``GET /workers``.
 """
@@ -15,6 +16,7 @@ import logging
 import threading
 from typing import Callable
 
+from inferno_jobs import resultcache
 from inferno_jobs.batchstore import BatchStore
 from inferno_jobs.delivery import dispatch_outbox
 from inferno_jobs.job import Job, JobStatus, now
@@ -95,6 +97,8 @@ class Reconciler:
         for batch, index in batches.stale_chunks(self.store.settings.resend_after_s):
             enqueue_chunk(celery, batch, index, self.store.settings.batch_chunk_timeout_s)
             counts["resent"] += 1
+        # Followers of leaders that ended where nobody settled them yet (docs/cache.md), before their webhooks go out.
+        resultcache.settle(self.store, self.send)
         dispatch_outbox(self.store, celery)
         if any(counts.values()):
             log.info("reconciled", extra=counts)

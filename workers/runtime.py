@@ -8,6 +8,7 @@ import os
 import redis
 
 from inferno_jobs.config import Settings
+from inferno_jobs.engine_config import EngineConfigReader
 from inferno_jobs.job import now
 from inferno_jobs.queue import pool_queues
 from inferno_jobs.store import JobStore
@@ -20,12 +21,21 @@ class Runtime:
         self.settings = Settings.from_env()
         self._store: JobStore | None = None
         self._engine = None
+        self._engine_config: EngineConfigReader | None = None
         self._reconciler = None
 
     def reset(self) -> None:
         """Forget connections and sessions (called in each new pool child)."""
         self._store = None
         self._engine = None
+        self._engine_config = None
+
+    def restart_engine(self) -> None:
+        """Drop this process's engine: the next job builds a new one with the current engine config (threads),
+        loading its models afresh. A job running now keeps the engine it started with until it finishes."""
+        self._engine = None
+        if self._engine_config is not None:
+            self._engine_config.invalidate()
 
     @property
     def store(self) -> JobStore:
@@ -35,13 +45,21 @@ class Runtime:
         return self._store
 
     @property
+    def engine_config(self) -> EngineConfigReader:
+        """The live engine settings (``POST /config``), re-read from Redis at most once a second."""
+        if self._engine_config is None:
+            self._engine_config = EngineConfigReader(self.store.redis, self.store.keys, self.settings)
+        return self._engine_config
+
+    @property
     def engine(self):
         """This process's ONNX Runtime engine (imported here so the API never loads onnxruntime)."""
         if self._engine is None:
             from workers.engine import Engine
 
             processes = self.settings.worker_concurrency or os.cpu_count() or 1
-            self._engine = Engine(self.settings, pool=self.settings.worker_pool, processes=processes)
+            self._engine = Engine(self.settings, pool=self.settings.worker_pool, processes=processes,
+                                  engine_config=self.engine_config)
         return self._engine
 
     def report_loaded(self, worker: str) -> None:

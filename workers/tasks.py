@@ -7,11 +7,12 @@ import logging
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
+from inferno_jobs import resultcache
 from inferno_jobs.control import QueueControl
 from inferno_jobs.delivery import dispatch_outbox
 from inferno_jobs.metrics import record_worker_jobs
 from workers.batching import BatchRunner
-from workers.celery_app import RUN_JOB, app
+from workers.celery_app import RUN_JOB, app, enqueue
 from workers.runtime import runtime
 from workers import telemetry  # noqa: F401  (JSON logs, per-task log context, tracing)
 
@@ -50,7 +51,8 @@ def run_job(self, job_id: str, model: str | None = None, **labels) -> list[dict]
         raise self.retry(countdown=PAUSED_RETRY_S)
     # The engine's repository: model configs are read once per change of config.json, not once per task.
     runner = BatchRunner(runtime.store, runtime.engine.run, model_config=runtime.engine.repository.get,
-                         timeout_errors=(SoftTimeLimitExceeded,), engine_stream=runtime.engine.stream)
+                         engine_config=runtime.engine_config, timeout_errors=(SoftTimeLimitExceeded,),
+                         engine_stream=runtime.engine.stream)
     finished = runner.run(job_id)
     if finished:
         runtime.report_loaded(runner.worker)
@@ -59,6 +61,12 @@ def run_job(self, job_id: str, model: str | None = None, **labels) -> list[dict]
                                process=runner.worker, models=runtime.engine.loaded())
         except Exception:
             log.exception("worker stats not recorded")
+    try:  # the result cache: keep these results, settle the jobs that shared these runs (docs/cache.md)
+        shared = resultcache.after_run(runtime.store, runtime.engine_config(), finished,
+                                       lambda job: enqueue(app, job))
+    except Exception:  # a job's outcome never depends on the cache; the reconciler settles what is left
+        log.exception("result cache not updated")
+        shared = []
     for job in finished:
         last = job.attempts[-1] if job.attempts else None
         log.info("job finished", extra={
@@ -68,7 +76,7 @@ def run_job(self, job_id: str, model: str | None = None, **labels) -> list[dict]
             else None,
             "queue_wait_ms": round((job.attempts[0].started_at - job.created_at) * 1000, 2) if job.attempts
             else None})
-    if any(job.webhook for job in finished):
+    if any(job.webhook for job in finished + shared):
         try:  # hand the webhook events of these jobs over now; the reconciler's tick is only the backstop
             dispatch_outbox(runtime.store, app)
         except Exception:  # a job's outcome never depends on its webhook

@@ -26,12 +26,28 @@ def _train(name: str):
     return model, data, config
 
 
+BACKGROUND_ROWS = 100
+
+
+def write_background(path: Path, data) -> None:
+    """``background.npy``: a fixed sample of training rows, what feature importance draws replacement values from
+    (inferno_jobs/importance.py)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = data.data[rng.choice(len(data.data), size=min(BACKGROUND_ROWS, len(data.data)), replace=False)]
+    np.save(path / "background.npy", rows.astype("float32"))
+
+
 def build(model_dir: Path, name: str = "iris", force: bool = False) -> Path:
-    """Train ``name`` (``iris`` or ``diabetes``) and write ``model_dir/<name>/{model.onnx,config.json}``."""
+    """Train ``name`` (``iris`` or ``diabetes``) and write ``model_dir/<name>/{model.onnx,config.json,
+    background.npy}``. A model built before background rows existed gets them added."""
     from skl2onnx import to_onnx
 
     path = Path(model_dir) / name
     if (path / "model.onnx").is_file() and (path / "config.json").is_file() and not force:
+        if not (path / "background.npy").is_file():
+            write_background(path, _train(name)[1])
         return path
     model, data, config = _train(name)
     n_features = data.data.shape[1]
@@ -43,6 +59,7 @@ def build(model_dir: Path, name: str = "iris", force: bool = False) -> Path:
     config = {"type": "predict", "device": "cpu", "max_batch_size": 64, "max_batch_wait_ms": 5,
               "n_features": n_features, "input_name": onnx_model.graph.input[0].name, **config}
     (path / "config.json").write_text(json.dumps(config, indent=2))
+    write_background(path, data)
     return path
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -67,9 +68,11 @@ def test_a_high_job_overtakes_300_queued_low_jobs(api, start_worker, model_dir, 
         shutil.copytree(model_dir / "iris", model_dir / name)
         config = json.loads((model_dir / name / "config.json").read_text())
         (model_dir / name / "config.json").write_text(json.dumps({**config, "max_batch_size": max_batch_size}))
-    body = {"type": "predict", "model": name, "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}}
-    lows = [submit(api, {**body, "priority": "low"})["id"] for _ in range(300)]
-    high = submit(api, {**body, "priority": "high"})
+    # Distinct rows: identical ones would share one run (the result cache) instead of each taking its turn.
+    def body(i):
+        return {"type": "predict", "model": name, "input": {"features": [[5.1, 3.5, 1.4, 0.2 + i / 1000]]}}
+    lows = [submit(api, {**body(i), "priority": "low"})["id"] for i in range(300)]
+    high = submit(api, {**body(300), "priority": "high"})
     assert high["queue_position"] == 0
     start_worker()
     finished_high = wait_done(api, high["id"])["finished_at"]
@@ -110,7 +113,9 @@ def test_unknown_id_and_another_tenants_id_are_404(redis_server, model_dir, live
 
 def test_a_job_not_started_within_ttl_expires_and_never_runs(api, start_worker, live_settings, live_redis):
     job = submit(api, {"type": "predict", "model": "iris", "input": {"features": [[1, 2, 3, 4]]}, "ttl_s": 1})
-    # No worker yet: the status still becomes expired (the reconciler of a worker started later, or a read).
+    # No worker until its ttl_s has passed: the status still becomes expired (the reconciler of a worker started
+    # later, or a read), and the worker never runs it.
+    time.sleep(1.2)
     start_worker()
     expired = wait_for(lambda: (j := api.get(f"/jobs/{job['id']}").get_json())["status"] == "expired" and j, 10)
     assert expired["attempts"] == 0 and expired["error"]["code"] == "TIMEOUT"

@@ -43,7 +43,8 @@ def multi_settings(live_settings, model_dir, tmp_path) -> Settings:
     config = json.loads((repo / "iris-gpu" / "config.json").read_text())
     (repo / "iris-gpu" / "config.json").write_text(json.dumps({**config, "device": "gpu"}))
     build_slow_model(repo, iterations=150)
-    return Settings.from_env({}, **{**live_settings.__dict__, "model_dir": repo})
+    # Identical jobs must each run (on whichever host), not share one run through the result cache.
+    return Settings.from_env({}, **{**live_settings.__dict__, "model_dir": repo, "engine_enable_cache": False})
 
 
 @pytest.fixture

@@ -38,8 +38,10 @@ def test_one_tenants_backlog_does_not_starve_another(live_settings, live_redis, 
     shutil.copytree(live_settings.model_dir / "iris", tmp_path / "iris")
     config = json.loads((tmp_path / "iris" / "config.json").read_text())
     (tmp_path / "iris" / "config.json").write_text(json.dumps({**config, "max_batch_size": 4}))
+    # The cache off: A's 300 identical jobs must each take their turn, not share one run.
     settings = dataclasses.replace(live_settings, model_dir=tmp_path, auth="required", rate_limit_rpm=0,
-                                   rate_limit_rph=0, rate_limit_tpm=0, rate_limit_concurrent=0)
+                                   rate_limit_rph=0, rate_limit_tpm=0, rate_limit_concurrent=0,
+                                   engine_enable_cache=False)
     client = create_app(settings, redis_client=live_redis).test_client()
     ring = KeyRing(live_redis, settings)
     key_a, key_b = ring.create("a")[0], ring.create("b")[0]

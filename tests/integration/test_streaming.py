@@ -66,7 +66,8 @@ def test_every_seed_endpoint_with_its_documented_request(server, start_worker, t
     assert [r["request_id"] for r in batch["results"]] == ["id1", "id2", "id3"]
     assert [r["predictions"] for r in batch["results"]] == [[[0]], [[2]], [[1]]]
     assert batch["metadata"]["success_rate"] == 1.0
-    queued = requests.post(f"{url}/predict/async", json={"model": "iris", "features": [[5.1, 3.5, 1.4, 0.2]],
+    # (another row than /predict's: an identical one would be answered from the result cache)
+    queued = requests.post(f"{url}/predict/async", json={"model": "iris", "features": [[5.0, 3.6, 1.4, 0.2]],
                                                          "request_id": "r1", "priority": "high",
                                                          "timeout_ms": 5000}, timeout=60)
     assert queued.status_code == 202 and queued.json()["status"] == "pending"
@@ -138,3 +139,29 @@ def test_a_disconnecting_sse_client_cancels_its_job(server, start_worker, tinygp
     assert job["attempt_history"][-1]["outcome"] == "canceled"
     events = list(sse_data(follower))
     assert any("token" in e for e in events) and events[-1]["status"] == "canceled"
+
+
+def test_websocket_inference_messages_count_against_the_keys_rate_limit(live_settings, live_redis, tinygpt_dir):
+    websocket = pytest.importorskip("websocket", reason="websocket-client is in the dev extra")
+    from api import create_app
+    from inferno_jobs.apikey import KeyRing
+    from inferno_jobs.config import Settings
+
+    settings = Settings.from_env({}, **{**live_settings.__dict__, "auth": "required"})
+    key, _, _ = KeyRing(live_redis, settings).create("ws", limits={"rpm": 2})
+    server = LiveServer(create_app(settings, redis_client=live_redis))
+    ws = websocket.create_connection(server.url.replace("http", "ws") + "/ws", timeout=30)
+    try:
+        ws.send(json.dumps({"type": "auth", "token": key}))
+        assert json.loads(ws.recv()) == {"type": "auth", "authenticated": True}
+        for n in range(3):  # no worker runs them: the first two wait queued, the third is over the limit
+            ws.send(json.dumps({"type": "inference", "id": f"r{n}", "model": "tiny-gpt", "prompt": "Once",
+                                "max_tokens": 2, "stream": True}))
+        refused = json.loads(ws.recv())
+        assert refused["type"] == "error" and refused["id"] == "r2", refused
+        assert refused["code"] == "RATE_LIMIT_EXCEEDED" and refused["details"]["retry_after"] > 0
+        ws.send(json.dumps({"type": "ping", "id": "p"}))  # the socket stays open
+        assert json.loads(ws.recv())["type"] == "pong"
+    finally:
+        ws.close()
+        server.close()

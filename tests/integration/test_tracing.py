@@ -1,5 +1,6 @@
 """OpenTelemetry (the ``otel`` extra): one trace follows a job from ``POST /jobs`` in a real API server through the
-Celery message to the worker that runs it, exported over OTLP/HTTP to a receiver in the test."""
+Celery message to the worker that runs it, exported over OTLP/HTTP to a receiver in the test and listed on
+GET /traces."""
 
 from __future__ import annotations
 
@@ -73,6 +74,16 @@ def test_one_trace_from_the_api_through_celery_to_the_worker(redis_server, model
                              if component == "worker" and "inferno.run_job" in name}
             return api_traces & worker_traces
         assert wait_for(traced, 30, 0.2), Receiver.spans
+
+        # The same spans are summarised in Redis for GET /traces, the worker's included, one trace across both.
+        def listed():
+            spans = requests.get(f"{base}/traces", params={"limit": 1000}, timeout=5).json()["traces"]
+            return ({s["trace_id"] for s in spans if s["component"] == "api" and "jobs" in s["operation_name"]}
+                    & {s["trace_id"] for s in spans if s["component"] == "worker"
+                       and "inferno.run_job" in s["operation_name"]})
+        trace_id = next(iter(wait_for(listed, 30, 0.2)))
+        one_trace = requests.get(f"{base}/traces", params={"trace_id": trace_id}, timeout=5).json()["traces"]
+        assert {s["component"] for s in one_trace} == {"api", "worker"}
     finally:
         api.terminate()
         api.wait(timeout=30)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from tests.conftest import wait_for
 from tests.slow_model import build_slow_model
+
+
+@pytest.fixture
+def live_settings(live_settings):
+    """The cache off: these tests submit identical jobs and count runs, so each one must run, not share a run."""
+    return dataclasses.replace(live_settings, engine_enable_cache=False)
 
 
 @pytest.fixture(scope="session")

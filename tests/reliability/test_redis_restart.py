@@ -31,7 +31,8 @@ def test_500_accepted_jobs_survive_a_redis_restart(tmp_path, model_dir, start_wo
     server = RedisServer(port=free_port(), directory=tmp_path, appendonly=True).start()
     try:
         settings = Settings.from_env({}, redis_url=server.url, model_dir=model_dir, auth="disabled",
-                                     key_prefix="restart", reconcile_interval_s=1, lease_s=6)
+                                     key_prefix="restart", reconcile_interval_s=1, lease_s=6,
+                                     engine_enable_cache=False)
         api = create_app(settings, redis_client=redis.Redis.from_url(server.url)).test_client()
         ids = submit_many(api, {"type": "predict", "model": "iris", "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}},
                           JOBS)

@@ -32,7 +32,7 @@ def test_sigkill_of_the_whole_worker_with_200_jobs_in_flight_loses_none(
 
     settings = Settings.from_env({}, redis_url=redis_server.url, model_dir=model_dir, auth="disabled",
                                  key_prefix="crash-all", reconcile_interval_s=1, lease_s=6, visibility_timeout_s=20,
-                                 resend_after_s=20)
+                                 resend_after_s=20, engine_enable_cache=False)
     api = create_app(settings, redis_client=live_redis).test_client()
     store = JobStore(live_redis, settings)
     worker = start_worker(settings)

@@ -183,7 +183,7 @@ def test_health_reports_redis_and_queues_and_ready_needs_a_worker(client):
 def test_models_lists_the_repository(client):
     models = {m["id"]: m for m in client.get("/models").get_json()["models"]}
     assert models["iris"]["type"] == "predict" and models["iris"]["loaded"] is False
-    assert models["iris"]["capabilities"] == ["predict"] and models["iris"]["size_bytes"] > 0
+    assert models["iris"]["capabilities"] == ["feature_importance", "predict"] and models["iris"]["size_bytes"] > 0
 
 
 def test_the_api_process_never_imports_onnxruntime():

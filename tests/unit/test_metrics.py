@@ -28,7 +28,7 @@ def value(samples, name, **labels):
 
 
 def test_counters_and_histograms_move_as_jobs_run(make_app, fake_redis, settings):
-    app = make_app()
+    app = make_app(engine_enable_cache=False)  # three identical jobs, each run (in one micro-batch), not shared
     client = app.test_client()
     before = scrape(client)
     assert value(before, "inferno_queue_depth", queue="inferno.cpu.low") == 0
