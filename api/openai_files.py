@@ -15,7 +15,7 @@ from api.openai_results import error_status, openai_body
 from api.request_context import tenant
 from inferno_jobs.batch import Batch, BatchStatus
 from inferno_jobs.batchfile import read_upload
-from inferno_jobs.batchstore import dumps
+from inferno_jobs.codec import dumps
 from inferno_jobs.errors import BatchNotFound, FileNotFound, InvalidRequest
 
 bp = Blueprint("openai_files", __name__, url_prefix="/v1")

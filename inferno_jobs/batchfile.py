@@ -30,7 +30,7 @@ from inferno_jobs.config import Settings
 from inferno_jobs.errors import InvalidRequest, PayloadTooLarge
 from inferno_jobs.job import JobType
 from inferno_jobs.model import ModelConfig
-from inferno_jobs.schemas import INPUT_SCHEMAS, GenerationParams
+from inferno_jobs.schemas import INPUT_SCHEMAS, GenerationParams, shared
 
 FORMATS = ("jsonl", "txt", "csv")
 MAX_CUSTOM_ID_CHARS = 256
@@ -277,7 +277,7 @@ class Reader:
 
     def _validate(self, data: dict, job_type: JobType) -> None:
         try:
-            loaded = INPUT_SCHEMAS[job_type]().load(data)
+            loaded = shared(INPUT_SCHEMAS[job_type]).load(data)
         except ValidationError as exc:
             raise LineError(_schema_errors(exc.messages)) from None
         data.clear()

@@ -10,41 +10,27 @@ A batch is a few keys, not one job record per line (docs/batches.md):
 
 A chunk's results, the counters, the chunk's "done" mark and, for the last chunk, the final status and its webhook
 event are written by one Lua script: a chunk delivered twice (at-least-once) writes nothing the second time, and
-results are ``HSETNX`` so a line is never counted twice. Results are encoded with ``orjson`` when it is
-installed: for embeddings, JSON float formatting would otherwise cost more than the model call.
+results are ``HSETNX`` so a line is never counted twice. Results are encoded with ``orjson``
+(inferno_jobs/codec.py): for embeddings, JSON float formatting would otherwise cost more than the model call.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import redis
 
 from inferno_jobs.batch import BATCH_EVENT_FOR_STATUS, Batch, BatchStatus, check_transition
 from inferno_jobs import paging
 from inferno_jobs.batchfile import Line
+from inferno_jobs.codec import dumps, loads
 from inferno_jobs.config import Settings
 from inferno_jobs.errors import BatchNotFound, Conflict
 from inferno_jobs.job import new_id, now
 from inferno_jobs.keyspace import Keyspace
 
 # Mark a chunk started; moves the batch to running. 0: do not run it (done already, or the batch ended).
-try:  # about ten times faster than json for float lists (embeddings, probabilities)
-    import orjson
-
-    def dumps(value: Any) -> bytes:
-        """Compact JSON bytes."""
-        return orjson.dumps(value)
-
-    loads = orjson.loads
-except ImportError:  # pragma: no cover - orjson is in install_requires; json keeps working without it
-    def dumps(value: Any) -> bytes:
-        """Compact JSON bytes."""
-        return json.dumps(value, separators=(",", ":")).encode()
-
-    loads = json.loads
-
 _START = """
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
 local status = redis.call('HGET', KEYS[1], 'status')

@@ -168,11 +168,14 @@ class Job:
         return self.attempts[-1].started_at + self.timeout_s if self.attempts else self.started_at + self.timeout_s
 
     def to_dict(self) -> dict:
-        """The full record, JSON-ready, for storage."""
-        data = dataclasses.asdict(self)
+        """The full record, JSON-ready, for storage. Shallow: ``input``, ``result`` and the other nested values are
+        the record's own (serialise it, do not change it); a deep copy of an embedding result costs more than
+        storing it."""
+        data = {name: getattr(self, name) for name in _JOB_FIELDS}
         data["type"] = self.type.value
         data["priority"] = self.priority.value
         data["status"] = self.status.value
+        data["attempts"] = [dict(vars(a)) for a in self.attempts]
         return data
 
     @classmethod
@@ -183,8 +186,7 @@ class Job:
         data["priority"] = Priority(data["priority"])
         data["status"] = JobStatus(data["status"])
         data["attempts"] = [Attempt(**a) for a in data.get("attempts", [])]
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _JOB_FIELDS})
 
     def to_api(self, queue_position: int | None = None) -> dict:
         """The contract's job object."""
@@ -211,6 +213,9 @@ class Job:
             "result": self.result,
             "error": self.error,
         }
+
+
+_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
 
 
 def transition(job: Job, to: JobStatus, *, at: float | None = None, worker: str | None = None,

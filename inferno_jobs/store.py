@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 
 import redis
 
+from inferno_jobs.codec import dumps, loads
 from inferno_jobs.config import Settings
 from inferno_jobs.errors import Conflict, IllegalTransition, JobNotFound
 from inferno_jobs.events import JobEvents
@@ -31,6 +32,9 @@ if redis.call('SCARD', KEYS[2]) > 0 then redis.call('LPUSH', KEYS[3], ARGV[1]) e
 """
 
 
+# KEYS: the enqueue counter, a queue's FIFO set. ARGV: job id. Orders a new job after every job enqueued before it.
+_IN_ORDER = "redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[1]), ARGV[1])"
+
 # The ends a queued job reaches only through running: seen in one change, it went through running in that change.
 RAN_AT_ONCE = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT})
 
@@ -50,7 +54,7 @@ class JobStore:
     def _load(self, raw: bytes | str | None, job_id: str) -> Job:
         if raw is None:
             raise JobNotFound(f"job {job_id} not found")
-        return Job.from_dict(json.loads(raw))
+        return Job.from_dict(loads(raw))
 
     def get(self, job_id: str, tenant: str | None = None) -> Job:
         """The job ``job_id``; another tenant's job raises :class:`JobNotFound` as if it did not exist.
@@ -87,7 +91,7 @@ class JobStore:
         The cursor is the id of the last job returned; ids sort by creation time.
         """
         def load(ids: list[str]) -> list[Job | None]:
-            return [Job.from_dict(json.loads(raw)) if raw else None
+            return [Job.from_dict(loads(raw)) if raw else None
                     for raw in self.redis.mget([self.keys.job(i) for i in ids])]
 
         def keep(job: Job) -> bool:
@@ -113,7 +117,7 @@ class JobStore:
     def _write(self, pipe, job: Job, before: JobStatus | None) -> None:
         """Queue the writes that store ``job`` and keep every index in step with its status."""
         keys = self.keys
-        pipe.set(keys.job(job.id), json.dumps(job.to_dict()), ex=self._expiry_s(job))
+        pipe.set(keys.job(job.id), dumps(job.to_dict()), ex=self._expiry_s(job))
         if job.status is not before:  # the job's event stream hears of every status change, in this transaction
             if before is JobStatus.QUEUED and job.status in RAN_AT_ONCE:
                 # It ran within this one change (a cached or shared result, docs/cache.md): running, then its end.
@@ -174,12 +178,11 @@ class JobStore:
                     if job.shared_run_of:  # watched: the leader's ending settles its followers (and only those)
                         pipe.watch(self.keys.job(job.shared_run_of))
                         raw = pipe.get(self.keys.job(job.shared_run_of))
-                        leader = Job.from_dict(json.loads(raw)) if raw is not None else None
+                        leader = Job.from_dict(loads(raw)) if raw is not None else None
                         # Never wait behind a lower priority: a high job does not follow a low one's turn.
                         if leader is None or leader.status.terminal or \
                                 PRIORITY_ORDER.index(leader.priority) > PRIORITY_ORDER.index(job.priority):
                             job.shared_run_of = None
-                    seq = self.redis.incr(self.keys.sequence())
                     pipe.multi()
                     self._write(pipe, job, None)
                     pipe.zadd(self.keys.tenant_jobs(job.tenant), {job.id: 0})
@@ -189,7 +192,7 @@ class JobStore:
                         settle(stored)
                         self._write(pipe, stored, JobStatus.QUEUED)
                     else:
-                        pipe.zadd(self.keys.queued(queue), {job.id: seq})
+                        pipe.eval(_IN_ORDER, 2, self.keys.sequence(), self.keys.queued(queue), job.id)
                         pipe.zadd(self.keys.queued_deadlines(), {job.id: job.expires_at})
                         pipe.zadd(self.keys.queued_sent(), {job.id: job.created_at})
                         if job.shared_run_of:
@@ -248,7 +251,7 @@ class JobStore:
                     for raw in pipe.mget(keys):
                         if raw is None:
                             continue
-                        job = Job.from_dict(json.loads(raw))
+                        job = Job.from_dict(loads(raw))
                         before = job.status
                         if change(job) is not False:
                             writes.append((job, before))
@@ -322,10 +325,10 @@ class JobStore:
                     job = self._load(pipe.get(key), job_id)
                     before = job.status
                     requeue(job)
-                    seq = self.redis.incr(self.keys.sequence())
                     pipe.multi()
                     self._write(pipe, job, before)
-                    pipe.zadd(self.keys.queued(queue_name(job.pool, job.priority)), {job.id: seq})
+                    pipe.eval(_IN_ORDER, 2, self.keys.sequence(), self.keys.queued(queue_name(job.pool, job.priority)),
+                              job.id)
                     pipe.zadd(self.keys.queued_deadlines(), {job.id: job.expires_at})
                     pipe.zadd(self.keys.queued_sent(), {job.id: now()})
                     fairshare.enqueue(pipe, self.keys, job, batchable=not job.input.get("stream"))
@@ -344,7 +347,7 @@ class JobStore:
                 try:
                     pipe.watch(key)
                     raw = pipe.get(key)
-                    job = Job.from_dict(json.loads(raw)) if raw is not None else None
+                    job = Job.from_dict(loads(raw)) if raw is not None else None
                     if job is None or job.status is not JobStatus.QUEUED or not job.shared_run_of:
                         pipe.unwatch()
                         return None
@@ -483,6 +486,15 @@ class JobStore:
         """Ids of every running job."""
         ids = self.redis.zrange(self.keys.running_leases(), 0, -1)
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    def peek(self, job_id: str, queue: str, limit: int) -> tuple[Job | None, list[str]]:
+        """The job ``job_id`` (None if it is gone) and :meth:`next_queued` of ``queue``, in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.keys.job(job_id))
+            pipe.zrange(self.keys.fair_queue(queue), 0, limit - 1)
+            raw, ids = pipe.execute()
+        return (Job.from_dict(loads(raw)) if raw is not None else None,
+                [i.decode() if isinstance(i, bytes) else i for i in ids])
 
     def next_queued(self, queue: str, limit: int) -> list[str]:
         """Up to ``limit`` queued job ids of ``queue`` in the order workers claim them (fair share)."""

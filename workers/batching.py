@@ -69,24 +69,33 @@ class BatchRunner:
         """Claim ``job_id`` for this process (None if this delivery must not run it)."""
         return self.store.claim(job_id, self.worker, owner_alive)
 
-    def claim_first(self, job_id: str) -> Job | None:
+    def claim_first(self, job_id: str, queue: str | None = None) -> Job | None:
         """The job this delivery of ``job_id``'s message runs, claimed; None when it runs nothing.
 
         A running ``job_id`` whose worker is gone is taken over. Otherwise the message is a ticket for its
         queue: it runs the queue's next job in fair-share order (inferno_jobs/fairshare.py), which is ``job_id``
         itself unless another tenant's job is due first. Every queued job has sent one message, so each one still
         runs; a message whose job already runs (another ticket took it), ran (in a micro-batch) or was canceled
-        runs the queue's next job instead, or nothing when the queue is empty.
+        runs the queue's next job instead, or nothing when the queue is empty. ``queue``, the queue the message
+        came from, lets the job and the queue's next ids be read in one round trip.
         """
-        try:
-            job = self.store.get(job_id)
-        except JobNotFound:
-            return None
+        if queue is not None:
+            job, candidates = self.store.peek(job_id, queue, 8)
+            if job is None:
+                return None
+        else:
+            try:
+                job = self.store.get(job_id)
+            except JobNotFound:
+                return None
+            candidates = self.store.next_queued(queue_name(job.pool, job.priority), 8)
         if job.status is JobStatus.RUNNING:
             taken_over = self.claim(job_id)
             if taken_over is not None:
                 return taken_over
-        for candidate in self.store.next_queued(queue_name(job.pool, job.priority), 8) + [job_id]:
+        if job.status is JobStatus.QUEUED and job_id not in candidates:
+            candidates.append(job_id)  # not in the fair order (queued before it existed): it still runs
+        for candidate in candidates:  # empty for a message whose job ran in a micro-batch: a no-op, no claim tried
             claimed = self.claim(candidate)
             if claimed is not None:
                 return claimed
@@ -116,9 +125,10 @@ class BatchRunner:
             time.sleep(min(0.002, max(0.0, deadline - time.monotonic())))
         return jobs
 
-    def run(self, job_id: str) -> list[Job]:
-        """Claim, batch, run and store: returns the jobs this call finished (empty for a no-op delivery)."""
-        first = self.claim_first(job_id)
+    def run(self, job_id: str, queue: str | None = None) -> list[Job]:
+        """Claim, batch, run and store: returns the jobs this call finished (empty for a no-op delivery).
+        ``queue`` is the queue the message came from (see :meth:`claim_first`)."""
+        first = self.claim_first(job_id, queue)
         if first is None:
             return []
         try:

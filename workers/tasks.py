@@ -53,7 +53,7 @@ def run_job(self, job_id: str, model: str | None = None, **labels) -> list[dict]
     runner = BatchRunner(runtime.store, runtime.engine.run, model_config=runtime.engine.repository.get,
                          engine_config=runtime.engine_config, timeout_errors=(SoftTimeLimitExceeded,),
                          engine_stream=runtime.engine.stream)
-    finished = runner.run(job_id)
+    finished = runner.run(job_id, queue)
     if finished:
         runtime.report_loaded(runner.worker)
         try:  # GET /workers: per-node jobs done, errors, run time
