@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Sequence
 
 import redis
 from marshmallow import ValidationError
 
 from inferno_jobs.engine_config import EngineConfig
-from inferno_jobs.errors import JobNotFound
+from inferno_jobs.errors import InfernoError, JobNotFound
 from inferno_jobs.job import Job, JobStatus, JobType, now, transition
 from inferno_jobs.keyspace import Keyspace
 from inferno_jobs.metrics import CACHE_EVICTIONS, CACHE_HITS, CACHE_MISSES, CACHE_SHARED, Metrics
@@ -213,22 +213,21 @@ def create(store: JobStore, config: EngineConfig, job: Job, model: ModelConfig,
 
 # -- the worker side: keeping results, settling followers ------------------------------------------------------------
 
-def remember(store: JobStore, config: EngineConfig, jobs: Iterable[Job]) -> None:
-    """Keep the results of the cacheable jobs among ``jobs`` that succeeded (one round trip for a micro-batch)."""
+def remember(store: JobStore, config: EngineConfig, jobs: Sequence[Job], outcomes: Sequence) -> None:
+    """Keep the results among ``outcomes`` (one per job of ``jobs``: a result, or an :class:`InfernoError`) of the
+    cacheable jobs, in one round trip for a micro-batch.
+
+    A worker calls it *before* it stores the jobs' outcomes: whoever sees such a job succeeded (a synchronous caller
+    woken by its event) and asks again gets a cache hit, never a second run.
+    """
     if not config.enable_cache:
         return
     cache = ResultCache(store.redis, store.keys, config)
     with store.redis.pipeline(transaction=False) as pipe:
-        for job in jobs:
-            if job.status is JobStatus.SUCCEEDED and job.cache_key:
-                cache.put(job.cache_key, job.result, pipe=pipe)
+        for job, outcome in zip(jobs, outcomes):
+            if job.cache_key and not isinstance(outcome, InfernoError):
+                cache.put(job.cache_key, outcome, pipe=pipe)
         pipe.execute()
-
-
-def after_run(store: JobStore, config: EngineConfig, finished: list[Job], send: Callable[[Job], None]) -> list[Job]:
-    """What a worker does after finishing ``finished``: keep their cacheable results, then :func:`settle`."""
-    remember(store, config, finished)
-    return settle(store, send)
 
 
 def settle(store: JobStore, send: Callable[[Job], None], limit: int = 100) -> list[Job]:

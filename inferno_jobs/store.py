@@ -482,6 +482,16 @@ class JobStore:
                                                 start=0, num=limit - len(ids))
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
+    def most_urgent_waiting(self, model: str, skip_priorities: frozenset[str] | set[str] = frozenset()):
+        """The most urgent priority of the queued jobs of ``model`` that a micro-batch may take (leaving out
+        ``skip_priorities``), or None when there is none; one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for index in range(len(PRIORITY_ORDER)):
+                lo = index * fairshare.PRIORITY_OFFSET
+                pipe.zcount(self.keys.waiting(model), lo, f"({lo + fairshare.PRIORITY_OFFSET}")
+            counts = pipe.execute()
+        return next((p for p, n in zip(PRIORITY_ORDER, counts) if n and p.value not in skip_priorities), None)
+
     def running(self) -> list[str]:
         """Ids of every running job."""
         ids = self.redis.zrange(self.keys.running_leases(), 0, -1)

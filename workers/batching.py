@@ -7,6 +7,7 @@ claim fails and the message is a cheap no-op. Plain classes: testable without Ce
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -18,10 +19,18 @@ from inferno_jobs.engine_config import EngineConfig
 from inferno_jobs.errors import InfernoError, InferenceFailed, JobNotFound, ModelNotFound, Timeout
 from inferno_jobs.job import Job, JobStatus, now
 from inferno_jobs.model import ModelConfig
-from inferno_jobs.queue import queue_name
+from inferno_jobs.queue import PRIORITY_ORDER, queue_name
 from inferno_jobs.store import JobStore
 from workers.heartbeat import Heartbeat
 from workers.streaming import JobStream
+
+
+log = logging.getLogger(__name__)
+
+
+def rank(priority) -> int:
+    """0 for the most urgent priority (``high``), then 1, 2."""
+    return PRIORITY_ORDER.index(priority)
 
 
 def worker_identity() -> str:
@@ -55,8 +64,11 @@ class BatchRunner:
                  model_config: Callable[[str], ModelConfig],
                  engine_config: Callable[[], EngineConfig] | None = None,
                  timeout_errors: tuple[type[BaseException], ...] = (),
-                 engine_stream: Callable[..., dict] | None = None):
+                 engine_stream: Callable[..., dict] | None = None,
+                 remember: Callable[[list[Job], list], None] | None = None):
         self.store = store
+        # remember(jobs, outcomes): the result cache keeps the results before they are stored (docs/cache.md).
+        self.remember = remember
         # engine_stream(model, input, on_token, should_stop): one streaming job (workers/streaming.py).
         self.engine_stream = engine_stream
         self.timeout_errors = timeout_errors
@@ -103,7 +115,12 @@ class BatchRunner:
 
     def gather(self, first: Job, model: ModelConfig) -> list[Job]:
         """``first`` plus up to ``size - 1`` queued jobs of the same model, waiting at most the batch wait for
-        more to arrive; size and wait are the live config's (read once per batch), else the model's own."""
+        more to arrive; size and wait are the live config's (read once per batch), else the model's own.
+
+        Besides ``first``, a batch takes jobs of one priority: the most urgent one waiting, or ``first``'s when that
+        is more urgent. So a high job that arrives while lows run goes out in a small batch of its own priority
+        instead of waiting for 63 lows to be claimed, run and stored with it, and a high job's batch carries no
+        lows."""
         jobs = [first]
         if self.engine_config is None:
             size, wait_ms = model.max_batch_size, model.max_batch_wait_ms
@@ -116,6 +133,9 @@ class BatchRunner:
         deadline = time.monotonic() + wait_ms / 1000
         # Jobs of a paused queue stay where they are (inferno_jobs/control.py).
         skip = paused_priorities(QueueControl(self.store).paused(), first.pool)
+        head = self.store.most_urgent_waiting(model.name, skip)
+        urgent = first.priority if head is None or rank(first.priority) <= rank(head) else head
+        skip = skip | {p.value for p in PRIORITY_ORDER if p is not urgent}
         while len(jobs) < size:
             waiting = self.store.waiting(model.name, size - len(jobs), skip)
             if waiting:
@@ -153,6 +173,11 @@ class BatchRunner:
                 outcomes = [exc] * len(jobs)
             except Exception as exc:  # the engine failing as a whole fails this batch, never hangs it
                 outcomes = [InferenceFailed(f"inference failed: {exc}")] * len(jobs)
+        if self.remember is not None:
+            try:
+                self.remember(jobs, outcomes)
+            except Exception:  # a job's outcome never depends on the cache
+                log.exception("result cache not updated")
         finished = self.finish(jobs, outcomes)
         # Once per engine call, after the outcomes are stored (docs/operations.md#circuit-breakers).
         CircuitBreaker(self.store.redis, self.store.settings).record(model.name, outcomes)

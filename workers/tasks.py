@@ -52,7 +52,9 @@ def run_job(self, job_id: str, model: str | None = None, **labels) -> list[dict]
     # The engine's repository: model configs are read once per change of config.json, not once per task.
     runner = BatchRunner(runtime.store, runtime.engine.run, model_config=runtime.engine.repository.get,
                          engine_config=runtime.engine_config, timeout_errors=(SoftTimeLimitExceeded,),
-                         engine_stream=runtime.engine.stream)
+                         engine_stream=runtime.engine.stream,
+                         remember=lambda jobs, outcomes: resultcache.remember(runtime.store, runtime.engine_config(),
+                                                                              jobs, outcomes))
     finished = runner.run(job_id, queue)
     if finished:
         runtime.report_loaded(runner.worker)
@@ -61,9 +63,8 @@ def run_job(self, job_id: str, model: str | None = None, **labels) -> list[dict]
                                process=runner.worker, models=runtime.engine.loaded())
         except Exception:
             log.exception("worker stats not recorded")
-    try:  # the result cache: keep these results, settle the jobs that shared these runs (docs/cache.md)
-        shared = resultcache.after_run(runtime.store, runtime.engine_config(), finished,
-                                       lambda job: enqueue(app, job))
+    try:  # the result cache: settle the jobs that shared these runs (docs/cache.md)
+        shared = resultcache.settle(runtime.store, lambda job: enqueue(app, job))
     except Exception:  # a job's outcome never depends on the cache; the reconciler settles what is left
         log.exception("result cache not updated")
         shared = []

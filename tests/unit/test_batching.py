@@ -67,20 +67,27 @@ def test_a_bad_input_fails_alone(store, settings):
     assert failed.status is JobStatus.FAILED and failed.error["code"] == "INVALID_REQUEST"
 
 
-def test_batches_stop_at_max_batch_size_and_take_high_priority_first(store, settings, model_dir):
+def test_batches_stop_at_max_batch_size_and_hold_one_priority_besides_their_first(store, settings, model_dir):
     import json
     import shutil
     shutil.copytree(model_dir / "iris", model_dir / "iris-b3", dirs_exist_ok=True)
     config = json.loads((model_dir / "iris-b3" / "config.json").read_text())
     (model_dir / "iris-b3" / "config.json").write_text(json.dumps({**config, "max_batch_size": 3}))
     first = new(store, [[5.0, 3.0, 1.0, 0.2]], model="iris-b3", priority=Priority.LOW)
-    lows = [new(store, [[5.0, 3.0, 1.0, 0.2]], model="iris-b3", priority=Priority.LOW) for _ in range(3)]
+    lows = [new(store, [[5.0, 3.0, 1.0, 0.2]], model="iris-b3", priority=Priority.LOW) for _ in range(4)]
     high = new(store, [[5.0, 3.0, 1.0, 0.2]], model="iris-b3", priority=Priority.HIGH)
     engine = CountingEngine(settings)
+    # A high job waiting joins the next batch that starts, with no lows: it does not wait for them to be stored.
     finished = runner(store, settings, engine).run(first.id)
-    assert engine.calls == [3]
-    assert {j.id for j in finished} == {first.id, high.id, lows[0].id}
-    assert store.get(lows[2].id).status is JobStatus.QUEUED
+    assert engine.calls == [2] and {j.id for j in finished} == {first.id, high.id}
+    # With only lows waiting, a batch fills up to max_batch_size.
+    finished = runner(store, settings, engine).run(lows[0].id)
+    assert engine.calls == [2, 3] and {j.id for j in finished} == {lows[0].id, lows[1].id, lows[2].id}
+    assert store.get(lows[3].id).status is JobStatus.QUEUED
+    # A high job's batch carries no lows.
+    urgent = new(store, [[5.0, 3.0, 1.0, 0.2]], model="iris-b3", priority=Priority.HIGH)
+    assert [j.id for j in runner(store, settings, engine).run(urgent.id)] == [urgent.id]
+    assert store.get(lows[3].id).status is JobStatus.QUEUED
 
 
 def test_a_duplicate_delivery_is_a_no_op(store, settings):

@@ -43,10 +43,11 @@ def run_worker(svc, outcome=PREDICTION, sent=None):
     def engine_run(model, inputs):
         calls.append(inputs)
         return [outcome] * len(inputs)
-    runner = BatchRunner(svc.store, engine_run, model_config=ModelRepository(svc.settings.model_dir).get)
+    config = engine_config.load(svc.redis, svc.store.keys, svc.settings)
+    runner = BatchRunner(svc.store, engine_run, model_config=ModelRepository(svc.settings.model_dir).get,
+                         remember=lambda jobs, outcomes: resultcache.remember(svc.store, config, jobs, outcomes))
     finished = runner.run(job_id)
-    shared = resultcache.after_run(svc.store, engine_config.load(svc.redis, svc.store.keys, svc.settings), finished,
-                                   lambda job: svc.celery.send_task("inferno.run_job", args=[job.id]))
+    shared = resultcache.settle(svc.store, lambda job: svc.celery.send_task("inferno.run_job", args=[job.id]))
     return finished, shared, calls
 
 
@@ -316,5 +317,7 @@ def test_a_request_never_waits_on_a_lower_priority_run(app, svc):
     assert [m["args"] for m in svc.celery.sent] == [[low["id"]], [high["id"]]]  # the high one runs in its own turn
     assert high["queue_position"] == 0
     finished, shared, _ = run_worker(svc, sent=high["id"])
-    assert {j.id for j in finished} == {high["id"], low["id"]}  # one micro-batch took both
+    assert {j.id for j in finished} == {high["id"]}  # a high job's micro-batch carries no lows
     assert [j.id for j in shared] == [also_high["id"]]
+    finished, _, _ = run_worker(svc, sent=low["id"])
+    assert {j.id for j in finished} == {low["id"]}
