@@ -25,8 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def job_body(job: Job) -> dict:
-    """The job object, with its live queue position."""
-    return shared(JobResponse).dump(job.to_api(services().store.queue_position(job)))
+    """The job object, with its live queue position (a job just created: the one read as it was stored)."""
+    position = job.created_position
+    if position is None:
+        position = services().store.queue_position(job)
+    return shared(JobResponse).dump(job.to_api(position))
 
 
 def check_input_for_model(model, data: dict) -> None:
@@ -44,8 +47,8 @@ def check_input_for_model(model, data: dict) -> None:
 def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: tuple[str, str] | None = None):
     """Validate against the model, store and enqueue a job; returns ``(job, created)``.
 
-    Shared by every surface that creates jobs. A job that cannot be enqueued is not accepted (an error, and
-    nothing is kept), so no job is left queued with no message behind it.
+    Shared by every surface that creates jobs. A job and its Celery message are stored together or not at all
+    (an error, and nothing is kept), so no job is left queued with no message behind it.
     """
     svc = services()
     model = svc.models.get(data["model"])
@@ -65,20 +68,24 @@ def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: 
         request_id=request_id(),
     )
     # The result cache may answer it at once, or have it share the run of an identical job in flight (docs/cache.md).
-    job, created = result_cache.create(job, model, idempotency)
-    if created and job.status is JobStatus.QUEUED and not job.shared_run_of:
-        from workers.celery_app import enqueue
-
-        try:
-            enqueue(svc.celery, job)
-        except Exception as exc:
-            # Not accepted, so not kept: the caller gets an error and may retry (same Idempotency-Key too).
-            svc.store.discard(job, idempotency)
-            raise InternalError(f"the job could not be enqueued ({exc.__class__.__name__}); it was not accepted, "
-                                "retry later", retry_after_s=5) from exc
+    # Otherwise its Celery message is stored with it, in one transaction (workers/message.py).
+    job, created = result_cache.create(job, model, idempotency, publish=_message_of)
+    if created:
         log.info("job submitted", extra={"job_id": job.id, "model": job.model, "priority": job.priority.value,
                                          "type": job.type.value, "tenant": job.tenant, "batch_id": batch_id})
     return job, created
+
+
+def _message_of(job: Job) -> list:
+    """The Redis commands of ``job``'s Celery message; a job whose message cannot be built is not accepted."""
+    from workers.celery_app import run_job_commands
+
+    try:
+        return run_job_commands(services().celery, job)
+    except Exception as exc:
+        # Nothing was stored: the caller gets an error and may retry (with the same Idempotency-Key too).
+        raise InternalError(f"the job could not be enqueued ({exc.__class__.__name__}); it was not accepted, "
+                            "retry later", retry_after_s=5) from exc
 
 
 @bp.post("/jobs")

@@ -64,7 +64,7 @@ def api(host: str | None, port: int | None, workers: int, threads: int) -> None:
     bind = f"{host or settings.api_host}:{port or settings.api_port}"
     # gthread workers: streams and sockets hold a thread, not the process; gunicorn does not buffer responses.
     argv = [sys.executable, "-m", "gunicorn", "api.wsgi:app", "--bind", bind, "--workers", str(workers),
-            "--worker-class", "gthread", "--threads", str(threads), "--access-logfile", "-",
+            "--worker-class", "gthread", "--threads", str(threads),
             "--graceful-timeout", "20"]
     os.execv(sys.executable, argv)
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from inferno_jobs.errors import IllegalTransition
 
@@ -149,6 +149,9 @@ class Job:
     requeued_at: float | None = None  # set by retry(): its ttl_s counts from here
     cache_key: str | None = None  # a cacheable job's result-cache key (inferno_jobs/resultcache.py)
     shared_run_of: str | None = None  # a follower: the id of the identical job in flight whose run it shares
+    # Not stored: the queue position read in the transaction that created this copy (JobStore.create), for the
+    # answer to its submission; JobStore.queue_position reads the live one.
+    created_position: ClassVar[int | None] = None
 
     @classmethod
     def create(cls, **fields) -> "Job":

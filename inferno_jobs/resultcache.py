@@ -179,15 +179,16 @@ class ResultCache:
 # -- the API side: creating a job ------------------------------------------------------------------------------------
 
 def create(store: JobStore, config: EngineConfig, job: Job, model: ModelConfig,
-           idempotency: tuple[str, str] | None = None) -> tuple[Job, bool]:
+           idempotency: tuple[str, str] | None = None, *,
+           publish: Callable[[Job], list[tuple[str, tuple]]] | None = None) -> tuple[Job, bool]:
     """:meth:`JobStore.create` through the cache; returns ``(job, created)``.
 
     The job comes back ``succeeded`` when the cache answered it, queued with ``shared_run_of`` when it waits on an
-    identical job in flight, or queued plainly: only then does it need a Celery message.
+    identical job in flight, or queued plainly: only then is its Celery message (``publish``) stored with it.
     """
     canonical = canonical_input(job.type, job.input) if config.enable_cache else None
     if canonical is None:
-        return store.create(job, idempotency)
+        return store.create(job, idempotency, publish=publish)
     key = cache_key(job.tenant, model.name, model_version(model), job.type, canonical)
     cache = ResultCache(store.redis, store.keys, config)
     result = cache.get(key, job.type, job.model)
@@ -202,7 +203,7 @@ def create(store: JobStore, config: EngineConfig, job: Job, model: ModelConfig,
     if not store.redis.set(inflight, job.id, nx=True, ex=lead_s):
         job.shared_run_of = _text(store.redis.get(inflight) or b"") or None
     following = job.shared_run_of
-    job, created = store.create(job, idempotency)
+    job, created = store.create(job, idempotency, publish=publish)
     if created and job.shared_run_of:
         store.metrics.inc(CACHE_SHARED, (job.type.value, job.model))
     elif created and following:

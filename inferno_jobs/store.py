@@ -39,6 +39,13 @@ _IN_ORDER = "redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[1]), ARGV[1])"
 RAN_AT_ONCE = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT})
 
 
+def _position(reads: list) -> int | None:
+    """A queue position from the results of :meth:`JobStore._read_position`."""
+    fair, fifo, *ahead = reads
+    rank = fair if fair is not None else fifo
+    return None if rank is None else sum(ahead) + rank
+
+
 class JobStore:
     """Creates, reads and changes job records in Redis."""
 
@@ -69,20 +76,26 @@ class JobStore:
         return job
 
     def queue_position(self, job: Job) -> int | None:
-        """How many queued jobs of the same pool run before this one (0: it is next), or None unless queued."""
+        """How many queued jobs of the same pool run before this one (0: it is next), or None unless queued.
+        (The copy :meth:`create` returns carries its position at creation: ``created_position``.)"""
         if job.status is not JobStatus.QUEUED:
             return None
-        own = queue_name(job.pool, job.priority)
-        higher = [queue_name(job.pool, p) for p in PRIORITY_ORDER[:PRIORITY_ORDER.index(job.priority)]]
         with self.redis.pipeline(transaction=False) as pipe:  # one round trip
-            # Workers claim in fair-share order (inferno_jobs/fairshare.py); jobs queued before it existed keep FIFO.
-            pipe.zrank(self.keys.fair_queue(own), job.id)
-            pipe.zrank(self.keys.queued(own), job.id)
-            for queue in higher:
-                pipe.zcard(self.keys.queued(queue))
-            fair, fifo, *ahead = pipe.execute()
-        rank = fair if fair is not None else fifo
-        return None if rank is None else sum(ahead) + rank
+            self._read_position(pipe, job)
+            return _position(pipe.execute())
+
+    def _read_position(self, pipe, job: Job) -> int:
+        """Queue the reads :func:`_position` takes, in this order: the job's rank in its queue's fair order, its
+        rank in the queue's FIFO order, and the depth of every higher-priority queue of its pool; returns how many
+        reads it queued."""
+        own = queue_name(job.pool, job.priority)
+        # Workers claim in fair-share order (inferno_jobs/fairshare.py); jobs queued before it existed keep FIFO.
+        pipe.zrank(self.keys.fair_queue(own), job.id)
+        pipe.zrank(self.keys.queued(own), job.id)
+        higher = PRIORITY_ORDER[:PRIORITY_ORDER.index(job.priority)]
+        for priority in higher:
+            pipe.zcard(self.keys.queued(queue_name(job.pool, priority)))
+        return 2 + len(higher)
 
     def list(self, tenant: str, *, status: str | None = None, type: str | None = None,
              batch_id: str | None = None, limit: int = 20, cursor: str | None = None) -> tuple[list[Job], str | None]:
@@ -147,8 +160,14 @@ class JobStore:
                                                       "timestamp": now(), "request_id": job.request_id}))
 
     def create(self, job: Job, idempotency: tuple[str, str] | None = None, *,
-               settle: Callable[[Job], None] | None = None) -> tuple[Job, bool]:
+               settle: Callable[[Job], None] | None = None,
+               publish: Callable[[Job], list[tuple[str, tuple]]] | None = None) -> tuple[Job, bool]:
         """Store a new queued job; returns ``(job, created)``.
+
+        ``publish(job)`` gives the Redis commands of the job's Celery message (``workers.celery_app.
+        run_job_commands``): they run in the transaction that stores the job, so a job is never kept without its
+        message, nor a message sent for a job that was not kept. Not for a job that needs no message (settled at
+        once, or waiting on a leader's run).
 
         With ``idempotency=(key, body_hash)``: a key seen before with the same body returns the first job and
         ``created=False``; with another body it raises :class:`Conflict`.
@@ -163,6 +182,7 @@ class JobStore:
         """
         idem_key = self.keys.idempotency(job.tenant, idempotency[0]) if idempotency else None
         queue = queue_name(job.pool, job.priority)
+        message = None
         while True:
             with self.redis.pipeline() as pipe:
                 try:
@@ -202,30 +222,22 @@ class JobStore:
                             # Its fair-share tag orders it in its queue and (unless it streams: a streaming job runs
                             # alone, never in another's micro-batch) in its model's waiting set.
                             fairshare.enqueue(pipe, self.keys, job, batchable=not job.input.get("stream"))
+                            if publish is not None:
+                                message = publish(job) if message is None else message
+                                for name, args in message:
+                                    getattr(pipe, name)(*args)
                         pipe.zadd(self.keys.tenant_active(job.tenant), {job.id: self._active_until(job)})
                     if idem_key:
                         pipe.set(idem_key, json.dumps({"body_hash": idempotency[1], "job_id": job.id}),
                                  ex=self.settings.result_retention_s)
-                    pipe.execute()
+                    if stored.status is JobStatus.QUEUED:  # its position, read in the same transaction
+                        reads = self._read_position(pipe, stored)
+                        stored.created_position = _position(pipe.execute()[-reads:])
+                    else:
+                        pipe.execute()
                     return stored, True
                 except redis.WatchError:
                     continue
-
-    def discard(self, job: Job, idempotency: tuple[str, str] | None = None) -> None:
-        """Remove a job that was never accepted (its enqueue failed), with its indexes and idempotency key."""
-        queue = queue_name(job.pool, job.priority)
-        with self.redis.pipeline() as pipe:
-            pipe.delete(self.keys.job(job.id), self.keys.job_events(job.id))
-            pipe.zrem(self.keys.tenant_jobs(job.tenant), job.id)
-            pipe.zrem(self.keys.queued(queue), job.id)
-            pipe.zrem(self.keys.queued_deadlines(), job.id)
-            pipe.zrem(self.keys.waiting(job.model), job.id)
-            pipe.zrem(self.keys.queued_sent(), job.id)
-            fairshare.leave(pipe, self.keys, job)
-            pipe.zrem(self.keys.tenant_active(job.tenant), job.id)
-            if idempotency:
-                pipe.delete(self.keys.idempotency(job.tenant, idempotency[0]))
-            pipe.execute()
 
     def mutate(self, job_id: str, change: Callable[[Job], bool | None]) -> Job:
         """Apply ``change`` to the current record and write it atomically; retried if the job changed meanwhile.

@@ -34,6 +34,11 @@ class RecordingCelery:
             raise ConnectionError("broker unreachable")
         self.sent.append({"name": name, "args": args, "kwargs": kwargs, **options})
 
+    def message_commands(self, name, **options):
+        """As ``workers.message.MessageCollector.commands``: recorded as sent, no Redis command to store."""
+        RecordingCelery.send_task(self, name, **options)
+        return []
+
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:

@@ -11,6 +11,7 @@ from kombu import Exchange, Queue
 from inferno_jobs.config import Settings
 from inferno_jobs.job import Job
 from inferno_jobs.queue import WEBHOOK_QUEUE, all_queues, queue_name
+from workers.message import Commands, MessageCollector
 
 RUN_JOB = "inferno.run_job"
 VALIDATE_MODEL = "inferno.validate_model"
@@ -52,21 +53,34 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
     )
     app.inferno_settings = settings
+    # A new job's message goes into the transaction that stores the job (workers/message.py).
+    app.message_commands = MessageCollector(app).commands
     return app
 
 
-def enqueue(celery: Celery, job: Job) -> None:
-    """Send ``job`` to its pool's queue at its priority, by task name (the sender loads no model).
+def run_job_options(job: Job) -> dict:
+    """``send_task`` options of ``job``'s run: its pool's queue at its priority, by task name (the sender loads
+    no model).
 
     The soft time limit ends a run at ``timeout_s`` (the job becomes ``timed_out``); the hard limit, a little
     later, kills a run stuck in native code, and the reconciler then marks the job.
     """
     # The keyword arguments only label the task (Flower's task page, logs); the job record is the truth.
-    celery.send_task(RUN_JOB, args=[job.id], kwargs={"model": job.model, "tenant": job.tenant,
-                                                     "priority": job.priority.value},
-                     queue=queue_name(job.pool, job.priority),
-                     soft_time_limit=job.timeout_s, time_limit=job.timeout_s + HARD_LIMIT_GRACE_S,
-                     headers={"request_id": job.request_id, "job_id": job.id, "model": job.model})
+    return dict(args=[job.id], kwargs={"model": job.model, "tenant": job.tenant, "priority": job.priority.value},
+                queue=queue_name(job.pool, job.priority),
+                soft_time_limit=job.timeout_s, time_limit=job.timeout_s + HARD_LIMIT_GRACE_S,
+                headers={"request_id": job.request_id, "job_id": job.id, "model": job.model})
+
+
+def enqueue(celery: Celery, job: Job) -> None:
+    """Send ``job``'s run now (a job already stored: a resend, a retry, a follower let go). A new job's message
+    is stored with it instead: :func:`run_job_commands`."""
+    celery.send_task(RUN_JOB, **run_job_options(job))
+
+
+def run_job_commands(celery: Celery, job: Job) -> Commands:
+    """The Redis commands of ``job``'s run message, for ``JobStore.create(publish=...)`` to store with the job."""
+    return celery.message_commands(RUN_JOB, **run_job_options(job))
 
 
 HARD_LIMIT_GRACE_S = 15

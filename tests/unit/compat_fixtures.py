@@ -4,14 +4,17 @@ runs each job at once through the real BatchRunner with a fake engine (no ONNX, 
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
+from inferno_jobs import resultcache
 from inferno_jobs.model import ModelRepository
 from inferno_jobs.store import JobStore
 from tests.conftest import RecordingCelery
 from workers.batching import BatchRunner
-from workers.celery_app import RUN_JOB
+from workers.celery_app import RUN_JOB, run_job_options
 
 CONFIGS = {
     "tiny-gpt": {"type": "completion", "context_length": 256, "max_batch_size": 16},
@@ -67,11 +70,32 @@ class InlineCelery(RecordingCelery):
     def __init__(self, store: JobStore, models: ModelRepository):
         super().__init__()
         self.store, self.models, self.run = store, models, True
+        self._one_at_a_time = threading.Lock()  # as one worker process runs its tasks
 
     def send_task(self, name, args=None, kwargs=None, **options):
         super().send_task(name, args, kwargs, **options)
         if name == RUN_JOB and self.run:
-            BatchRunner(self.store, fake_run, model_config=self.models.get, engine_stream=fake_stream).run(args[0])
+            self._run(args[0])
+
+    def message_commands(self, name, **options):
+        commands = super().message_commands(name, **options)
+        if name == RUN_JOB and self.run:
+            # A new job is stored with its message, after this returns: run it once it is there, as a worker would.
+            threading.Thread(target=self._run_when_stored, args=(options["args"][0],), daemon=True).start()
+        return commands
+
+    def _run_when_stored(self, job_id: str) -> None:
+        deadline = time.monotonic() + 5
+        while not self.store.redis.exists(self.store.keys.job(job_id)) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        self._run(job_id)
+
+    def _run(self, job_id: str) -> None:
+        with self._one_at_a_time:
+            BatchRunner(self.store, fake_run, model_config=self.models.get,
+                        engine_stream=fake_stream).run(job_id)
+            # As workers.tasks.run_job: the jobs that shared this run (identical requests in flight) end with it.
+            resultcache.settle(self.store, lambda job: self.send_task(RUN_JOB, **run_job_options(job)))
 
 
 @pytest.fixture

@@ -23,6 +23,21 @@ def test_submit_returns_202_queued_job_and_enqueues_by_name(client, celery_stub)
     assert client.get(f"/jobs/{job['id']}").get_json()["id"] == job["id"]
 
 
+def test_a_submission_answers_with_its_place_behind_higher_priorities_and_earlier_jobs(client):
+    def position(priority):
+        r = client.post("/jobs", json={**IRIS, "priority": priority})
+        assert r.status_code == 202
+        return r.get_json()["id"], r.get_json()["queue_position"]
+
+    lows = [position("low") for _ in range(3)]
+    normal_id, normal_at = position("normal")
+    high_id, high_at = position("high")
+    assert [at for _, at in lows] == [0, 1, 2] and normal_at == 0 and high_at == 0
+    # Read again, live: the later high and normal jobs now run before the lows.
+    assert [client.get(f"/jobs/{i}").get_json()["queue_position"] for i, _ in lows] == [2, 3, 4]
+    assert client.get(f"/jobs/{normal_id}").get_json()["queue_position"] == 1
+
+
 def test_every_response_carries_a_request_id(client):
     assert client.get("/health").headers["X-Request-ID"].startswith("req_")
     r = client.get("/jobs/job_nope", headers={"X-Request-ID": "abc-123"})
