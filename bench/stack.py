@@ -88,6 +88,7 @@ class Stack:
         self.workdir = Path(workdir or self._tmp.name)
         self.model_dir = Path(model_dir)
         self.api_workers = api_workers
+        self.api_threads = 32  # inferno-jobs api's default
         self.concurrency = concurrency
         self.redis_server = RedisServer(appendonly=True, directory=self.workdir / "redis")
         (self.workdir / "redis").mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,7 @@ class Stack:
             return self.api
         workers = workers or self.api_workers
         argv = [str(BIN / "inferno-jobs"), "api", "--host", "127.0.0.1", "--port", str(self.api_port),
-                "--workers", str(workers)]
+                "--workers", str(workers), "--threads", str(self.api_threads)]
         self.api = Service("api", argv, self.env(), self.workdir / "api.log")
         deadline = time.monotonic() + 60
         while True:

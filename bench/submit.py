@@ -25,7 +25,7 @@ def run(ctx) -> list[Row]:
     stack.reset()
     bare = producer_rate(stack.redis_server.url, total)
     stack.reset(QUEUE)
-    note = f"{CLIENTS} clients, gunicorn {stack.api_workers} workers x 4 threads"
+    note = f"{CLIENTS} clients, gunicorn {stack.api_workers} workers x {stack.api_threads} threads"
     if bad:
         note += f"; non-202 answers: {bad}"
     return [

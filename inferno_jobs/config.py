@@ -45,6 +45,7 @@ class Settings:
 
     # Workers.
     worker_concurrency: int = 0  # 0: one process per core
+    express_workers: int = 1  # processes of a cpu pool's express lane, which serves only its high queue (0: none)
     worker_pool: str = "cpu"
     visibility_timeout_s: int = 3600
     task_sent_events: bool = False  # also publish Celery's task-sent event for every job (Flower's "sent" state)

@@ -1,5 +1,6 @@
-"""Starting worker pools: the Celery command line of a cpu pool, one process per GPU for a gpu pool, and a
-threads pool for webhook delivery (I/O bound: many slow receivers at once, no model loaded)."""
+"""Starting worker pools: the Celery command line of a cpu pool (with its express lane for high jobs), one
+process per GPU for a gpu pool, and a threads pool for webhook delivery (I/O bound: many slow receivers at once,
+no model loaded)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ import subprocess
 import sys
 
 from inferno_jobs.config import Settings
-from inferno_jobs.queue import pool_queues
+from inferno_jobs.job import Priority
+from inferno_jobs.queue import pool_queues, queue_name
 
 
-def celery_argv(pool: str, concurrency: int, hostname: str, loglevel: str = "INFO") -> list[str]:
-    """``celery worker`` for ``pool``: its three queues in priority order, task events on.
+def celery_argv(pool: str, concurrency: int, hostname: str, loglevel: str = "INFO",
+                queues: list[str] | None = None) -> list[str]:
+    """``celery worker`` for ``pool``: its three queues in priority order (or only ``queues``), task events on.
 
     A cpu pool runs ``concurrency`` prefork children; a gpu worker owns one GPU and runs one prefork child, so
     one ONNX Runtime session per GPU serves its micro-batches (and time limits still work: they need prefork).
     A webhooks pool serves ``inferno.webhooks`` with ``concurrency`` threads.
     """
-    queues = pool_queues(pool)
+    queues = queues or pool_queues(pool)
     argv = [sys.executable, "-m", "celery", "-A", "workers.tasks", "worker", "-Q", ",".join(queues),
             "-n", hostname, "-E", "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
     if pool == "webhooks":
@@ -47,21 +50,32 @@ def worker_env(settings: Settings, pool: str, concurrency: int, gpu: str | None 
     return env
 
 
-def run_pool(settings: Settings, pool: str, gpus: list[str] | None = None, concurrency: int | None = None,
-             loglevel: str = "INFO") -> int:
-    """Run a pool in the foreground until it stops or gets SIGINT/SIGTERM; returns the exit code."""
+def pool_specs(settings: Settings, pool: str, gpus: list[str] | None = None, concurrency: int | None = None,
+               loglevel: str = "INFO") -> list[tuple[list[str], dict[str, str]]]:
+    """``(argv, env)`` of every ``celery worker`` process that makes up ``pool`` on this host."""
     host = socket.gethostname()
     if pool == "gpu":
         gpus = gpus or ["0"]
-        specs = [(celery_argv("gpu", 1, f"gpu{g}@{host}", loglevel), worker_env(settings, "gpu", 1, g))
-                 for g in gpus]
-    elif pool == "webhooks":
+        return [(celery_argv("gpu", 1, f"gpu{g}@{host}", loglevel), worker_env(settings, "gpu", 1, g)) for g in gpus]
+    if pool == "webhooks":
         n = concurrency or settings.webhook_concurrency
-        specs = [(celery_argv("webhooks", n, f"webhooks@{host}", loglevel), worker_env(settings, "webhooks", n))]
-    else:
-        n = concurrency or cpu_concurrency(settings)
-        specs = [(celery_argv("cpu", n, f"cpu@{host}", loglevel), worker_env(settings, "cpu", n))]
-    children = [subprocess.Popen(argv, env=env) for argv, env in specs]
+        return [(celery_argv("webhooks", n, f"webhooks@{host}", loglevel), worker_env(settings, "webhooks", n))]
+    n = concurrency or cpu_concurrency(settings)
+    specs = [(celery_argv("cpu", n, f"cpu@{host}", loglevel), worker_env(settings, "cpu", n))]
+    if settings.express_workers:
+        # The express lane: processes that serve only the high queue, so a high job never waits for the
+        # micro-batches of lower priorities that keep every process of the pool busy (docs/architecture.md).
+        specs.append((celery_argv("cpu", settings.express_workers, f"cpu-express@{host}", loglevel,
+                                  queues=[queue_name("cpu", Priority.HIGH)]),
+                      worker_env(settings, "cpu", n)))
+    return specs
+
+
+def run_pool(settings: Settings, pool: str, gpus: list[str] | None = None, concurrency: int | None = None,
+             loglevel: str = "INFO") -> int:
+    """Run a pool in the foreground until it stops or gets SIGINT/SIGTERM; returns the exit code."""
+    children = [subprocess.Popen(argv, env=env) for argv, env in pool_specs(settings, pool, gpus, concurrency,
+                                                                            loglevel)]
 
     def forward(signum, _frame):
         for child in children:

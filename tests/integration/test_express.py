@@ -1,0 +1,61 @@
+"""The express lane of a cpu pool, started for real by ``inferno-jobs worker``: a high job does not wait for the
+lower-priority runs that keep every process of the pool busy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, wait_for
+from tests.slow_model import build_slow_model
+
+pytestmark = pytest.mark.integration
+
+IRIS = {"type": "predict", "model": "iris", "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}}
+
+
+@pytest.fixture
+def pool(live_settings, live_redis, tmp_path):
+    """``inferno-jobs worker --pool cpu -c 1``: one pool process and the express lane's one."""
+    env = {**os.environ, **live_settings.env(), "PYTHONPATH": str(ROOT), "INFERNO_ONNX_THREADS": "1"}
+    log = open(tmp_path / "worker.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "inferno_jobs.cli", "worker", "--pool", "cpu", "-c", "1"],
+                               env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    host = socket.gethostname()
+    try:
+        wait_for(lambda: all(live_redis.hexists(f"{live_settings.key_prefix}:workers", name)
+                             for name in (f"cpu@{host}", f"cpu-express@{host}")), timeout_s=60)
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=5)  # warm shutdown would wait for the slow job
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _submit(api, body):
+    r = api.post("/jobs", json=body)
+    assert r.status_code == 202, r.get_json()
+    return r.get_json()["id"]
+
+
+def test_a_high_job_runs_while_every_pool_process_is_busy_with_low_jobs(api, pool, model_dir):
+    build_slow_model(model_dir, name="slow-express", iterations=800)
+    slow = {"type": "predict", "model": "slow-express", "input": {"features": [[1, 2, 3, 4]]}, "priority": "low"}
+    lows = [_submit(api, slow) for _ in range(2)]
+    wait_for(lambda: api.get(f"/jobs/{lows[0]}").get_json()["status"] == "running", timeout_s=30)
+    high = _submit(api, {**IRIS, "priority": "high"})
+    done = wait_for(lambda: (lambda j: j if j["status"] == "succeeded" else None)(api.get(f"/jobs/{high}").get_json()),
+                    timeout_s=30)
+    # The pool's one process is still on its first slow low job, the second waits its turn: the high job ran in
+    # another process, the express lane's.
+    first, second = (api.get(f"/jobs/{i}").get_json() for i in lows)
+    assert first["status"] == "running" and second["status"] == "queued"
+    assert done["attempt_history"][0]["worker"] != first["attempt_history"][0]["worker"]
