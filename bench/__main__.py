@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer jobs and repetitions (about a minute)")
     parser.add_argument("--api-workers", type=int, default=2, help="gunicorn workers of the API (default 2)")
     parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes (default 2)")
+    parser.add_argument("--express-workers", type=int, default=1,
+                        help="processes of the cpu pool's express lane for high jobs (default 1; 0: none)")
     parser.add_argument("--model-dir", type=Path, default=None, help="default: MODEL_DIR (demo models built if missing)")
     args = parser.parse_args(argv)
     unknown = [p for p in args.parts if p not in PARTS]
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"parts: {' '.join(parts)}{' (quick)' if args.quick else ''}\n", flush=True)
 
     started = time.monotonic()
-    stack = Stack(model_dir, api_workers=args.api_workers, concurrency=args.concurrency)
+    stack = Stack(model_dir, api_workers=args.api_workers, concurrency=args.concurrency,
+                  express_workers=args.express_workers)
     ctx = Context(stack=stack, quick=args.quick)
     rows: list[Row] = []
     try:

@@ -83,7 +83,8 @@ class Service:
 class Stack:
     """Redis + API + worker for one bench run; parts share it and start what they need."""
 
-    def __init__(self, model_dir: Path, api_workers: int = 2, concurrency: int = 2, workdir: Path | None = None):
+    def __init__(self, model_dir: Path, api_workers: int = 2, concurrency: int = 2, workdir: Path | None = None,
+                 express_workers: int = 1):
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="inferno-bench-")
         self.workdir = Path(workdir or self._tmp.name)
         self.model_dir = Path(model_dir)
@@ -100,7 +101,7 @@ class Stack:
                                           api_host="127.0.0.1",
                                           # The bench sends the same job thousands of times: with the result cache
                                           # it would measure cache hits, not the queue and the engine.
-                                          engine_enable_cache=False)
+                                          engine_enable_cache=False, express_workers=express_workers)
         self.keys = Keyspace(self.settings.key_prefix)
         self.api: Service | None = None
         self.worker: Service | None = None
