@@ -1,5 +1,5 @@
 """Fixtures for the synchronous surfaces' unit tests: a model directory of configs only, and a Celery stand-in that
-runs each job at once through the real BatchRunner with a fake engine (no ONNX, no processes)."""
+runs each job as soon as it is stored through the real BatchRunner with a fake engine (no ONNX, no processes)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def fake_stream(model: str, item: dict, on_token, should_stop) -> dict:
 
 
 class InlineCelery(RecordingCelery):
-    """Runs every job the moment it is sent (``run = False`` leaves them queued, as with no worker)."""
+    """Runs every job the moment it is stored with its message, one at a time on a thread of its own, as one
+    worker process would (``run = False`` leaves them queued, as with no worker)."""
 
     def __init__(self, store: JobStore, models: ModelRepository):
         super().__init__()
