@@ -14,9 +14,8 @@ from api.deliveries import dispatch_webhooks
 from api.ratelimit import check_capacity
 from api.request_context import request_id, services, tenant
 from inferno_jobs import importance
-from inferno_jobs.circuit import CircuitBreaker
 from inferno_jobs.errors import InternalError, InvalidRequest
-from inferno_jobs.job import Job, JobStatus, JobType
+from inferno_jobs.job import Job, JobType
 from inferno_jobs.schemas import JobList, JobListQuery, JobRequest, JobResponse, shared
 from inferno_jobs.ssrf import NetworkGuard
 
@@ -53,13 +52,13 @@ def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: 
     svc = services()
     model = svc.models.get(data["model"])
     check_input_for_model(model, data)
-    # A model whose runs keep failing takes no new jobs (503) until a probe job succeeds.
-    CircuitBreaker(svc.redis, svc.settings).admit(model.name, token=request_id())
     settings = svc.settings
     if data.get("webhook"):  # the SSRF guard: refuse receivers on loopback, private, link-local... addresses
         NetworkGuard.from_settings(settings).check_url(
             data["webhook"]["url"], field="webhook_url" if data.get("webhook_url") else "webhook.url")
-    check_capacity(model.pool, owner)  # backpressure (503) and the tenant's concurrent-jobs limit (429)
+    # One round trip: a model whose runs keep failing takes no new jobs (503) until a probe job succeeds;
+    # backpressure (503) and the tenant's concurrent-jobs limit (429).
+    check_capacity(model.pool, owner, model=model.name)
     job = Job.create(
         type=data["type"], model=model.name, tenant=owner, input=data["input"], priority=data["priority"],
         pool=model.pool, ttl_s=min(data.get("ttl_s") or settings.default_ttl_s, settings.max_ttl_s),

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from flask import Flask, g, request
 
-from api.request_context import engine_config, services, tenant
+from api.request_context import engine_config, request_id, services, tenant
+from inferno_jobs import reads
+from inferno_jobs.circuit import CircuitBreaker
 from inferno_jobs.errors import QueueFull, RateLimitExceeded
 from inferno_jobs.metrics import RATE_LIMITED
 from inferno_jobs.queue import pool_queues
@@ -56,9 +58,10 @@ def subject() -> str:
     return record.id if record is not None else f"ip:{request.remote_addr or 'unknown'}"
 
 
-def check_capacity(pool: str, owner: str) -> None:
-    """Refuse a new job when its pool's queues are full (503), when the deployment is throttled and has
-    ``max_concurrent_requests`` jobs in flight (429), or when its tenant has too many jobs in flight (429).
+def check_capacity(pool: str, owner: str, *, model: str | None = None) -> None:
+    """Refuse a new job when its model's circuit breaker is open (503, ``model``: the model it is for), when its
+    pool's queues are full (503), when the deployment is throttled and has ``max_concurrent_requests`` jobs in
+    flight (429), or when its tenant has too many jobs in flight (429). Every count is read in one round trip.
 
     Called by every surface that creates jobs (``api.jobs.submit``). The concurrency count is per tenant, with the
     calling key's limit; it applies only with auth enabled (with auth disabled every caller is the one local tenant).
@@ -67,38 +70,44 @@ def check_capacity(pool: str, owner: str) -> None:
     svc = services()
     settings = svc.settings
     config = engine_config()
-    if config.enable_throttling:
-        in_flight = svc.store.in_flight()
-        if in_flight >= config.max_concurrent_requests:
-            svc.store.metrics.inc(RATE_LIMITED, ("throttled",))
-            raise RateLimitExceeded(
-                f"the engine is throttled: {in_flight} jobs queued or running, its limit is "
-                f"{config.max_concurrent_requests} (max_concurrent_requests); retry after {THROTTLE_RETRY_AFTER_S} "
-                "seconds", details={"limit": "max_concurrent_requests", "limit_value": config.max_concurrent_requests,
-                                    "active": in_flight, "retry_after": THROTTLE_RETRY_AFTER_S},
-                retry_after_s=THROTTLE_RETRY_AFTER_S)
-    if settings.max_queue_depth:
-        depth = sum(svc.store.queue_depths(pool_queues(pool)))
-        if depth >= settings.max_queue_depth:
-            svc.store.metrics.inc(RATE_LIMITED, ("queue_depth",))
-            raise QueueFull(f"the {pool} pool has {depth} jobs waiting, its limit (INFERNO_MAX_QUEUE_DEPTH); "
-                            f"retry in {settings.queue_full_retry_after_s} s",
-                            details={"reason": "queue_full", "pool": pool, "depth": depth,
-                                     "max_queue_depth": settings.max_queue_depth},
-                            retry_after_s=settings.queue_full_retry_after_s)
-    if not settings.auth_enabled:
-        return
-    limits = g.get("rate_limits") or limits_for_caller()
-    if limits is not None and limits.concurrent:
-        active = svc.store.active_count(owner)
-        if active >= limits.concurrent:
-            svc.store.metrics.inc(RATE_LIMITED, ("concurrent",))
-            raise RateLimitExceeded(
-                f"too many jobs in flight: {active} queued or running, the limit is {limits.concurrent}; "
-                f"retry after {CONCURRENCY_RETRY_AFTER_S} seconds",
-                details={"limit": "concurrent", "limit_value": limits.concurrent, "active": active,
-                         "retry_after": CONCURRENCY_RETRY_AFTER_S},
-                retry_after_s=CONCURRENCY_RETRY_AFTER_S)
+    limits = (g.get("rate_limits") or limits_for_caller()) if settings.auth_enabled else None
+    concurrent = limits.concurrent if limits is not None else 0
+    with svc.redis.pipeline(transaction=False) as pipe:
+        wanted = {
+            "circuit": model and CircuitBreaker(svc.redis, settings).read_admission(pipe, model, token=request_id()),
+            "in_flight": config.enable_throttling and svc.store.read_in_flight(pipe),
+            "depth": settings.max_queue_depth and svc.store.read_queue_depths(pipe, pool_queues(pool)),
+            "active": concurrent and svc.store.read_active_count(pipe, owner),
+        }
+        wanted = {name: read for name, read in wanted.items() if read}
+        # In this order: an open circuit (its decode raises) answers before any limit is counted.
+        counts = dict(zip(wanted, reads.run(pipe, list(wanted.values()))))
+    if "in_flight" in counts and counts["in_flight"] >= config.max_concurrent_requests:
+        in_flight = counts["in_flight"]
+        svc.store.metrics.inc(RATE_LIMITED, ("throttled",))
+        raise RateLimitExceeded(
+            f"the engine is throttled: {in_flight} jobs queued or running, its limit is "
+            f"{config.max_concurrent_requests} (max_concurrent_requests); retry after {THROTTLE_RETRY_AFTER_S} "
+            "seconds", details={"limit": "max_concurrent_requests", "limit_value": config.max_concurrent_requests,
+                                "active": in_flight, "retry_after": THROTTLE_RETRY_AFTER_S},
+            retry_after_s=THROTTLE_RETRY_AFTER_S)
+    if "depth" in counts and sum(counts["depth"]) >= settings.max_queue_depth:
+        depth = sum(counts["depth"])
+        svc.store.metrics.inc(RATE_LIMITED, ("queue_depth",))
+        raise QueueFull(f"the {pool} pool has {depth} jobs waiting, its limit (INFERNO_MAX_QUEUE_DEPTH); "
+                        f"retry in {settings.queue_full_retry_after_s} s",
+                        details={"reason": "queue_full", "pool": pool, "depth": depth,
+                                 "max_queue_depth": settings.max_queue_depth},
+                        retry_after_s=settings.queue_full_retry_after_s)
+    if "active" in counts and counts["active"] >= concurrent:
+        active = counts["active"]
+        svc.store.metrics.inc(RATE_LIMITED, ("concurrent",))
+        raise RateLimitExceeded(
+            f"too many jobs in flight: {active} queued or running, the limit is {concurrent}; "
+            f"retry after {CONCURRENCY_RETRY_AFTER_S} seconds",
+            details={"limit": "concurrent", "limit_value": concurrent, "active": active,
+                     "retry_after": CONCURRENCY_RETRY_AFTER_S},
+            retry_after_s=CONCURRENCY_RETRY_AFTER_S)
 
 
 def count_request(subject: str, limits: Limits, body=None) -> None:

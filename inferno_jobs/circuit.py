@@ -28,11 +28,13 @@ from typing import Callable, Iterable, Sequence
 
 import redis
 
+from inferno_jobs import reads
 from inferno_jobs.config import Settings
 from inferno_jobs.errors import CircuitOpen, InfernoError
 from inferno_jobs.job import isoformat
 from inferno_jobs.keyspace import Keyspace
 from inferno_jobs.metrics import CIRCUIT_OPENS, _field
+from inferno_jobs.reads import Read
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +160,20 @@ class CircuitBreaker:
         """Let a new job for ``model`` through, or raise :class:`CircuitOpen` (503 with ``Retry-After``).
 
         Returns True when this caller is the half-open probe (``token`` names it in Redis, e.g. a request id).
-        One Redis round trip.
+        One Redis round trip (:meth:`read_admission` shares it with other reads).
         """
+        with self.redis.pipeline(transaction=False) as pipe:
+            return reads.run(pipe, [self.read_admission(pipe, model, token)])[0]
+
+    def read_admission(self, pipe, model: str, token: str = "probe") -> Read:
+        """:meth:`admit` as a read on ``pipe``: its decode returns the probe flag or raises :class:`CircuitOpen`."""
         if not self.enabled:
-            return False
-        code, wait_s = self._admit(keys=[self.keys.circuit(model), self.keys.circuit_probe(model)],
-                                   args=[self._now(), self.settings.circuit_probe_s * 1000, token])
+            return Read(0, lambda replies: False)
+        self._admit(keys=[self.keys.circuit(model), self.keys.circuit_probe(model)],
+                    args=[self._now(), self.settings.circuit_probe_s * 1000, token], client=pipe)
+        return Read(1, lambda replies: self._admitted(model, token, *replies[0]))
+
+    def _admitted(self, model: str, token: str, code: int, wait_s) -> bool:
         if code == 1:
             return False
         if code == 2:

@@ -15,12 +15,13 @@ from inferno_jobs.codec import dumps, loads
 from inferno_jobs.config import Settings
 from inferno_jobs.errors import Conflict, IllegalTransition, JobNotFound
 from inferno_jobs.events import JobEvents
-from inferno_jobs import fairshare, paging
+from inferno_jobs import fairshare, paging, reads
 from inferno_jobs.job import EVENT_FOR_STATUS, Job, JobStatus, new_id, now, transition
 from inferno_jobs.job import retry as requeue
 from inferno_jobs.keyspace import Keyspace
 from inferno_jobs.metrics import Metrics
 from inferno_jobs.queue import PRIORITY_ORDER, all_queues, queue_name
+from inferno_jobs.reads import Read
 
 
 # A job that may lead identical requests in flight ended (docs/cache.md): free its in-flight key, and list it for
@@ -39,9 +40,9 @@ _IN_ORDER = "redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[1]), ARGV[1])"
 RAN_AT_ONCE = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT})
 
 
-def _position(reads: list) -> int | None:
-    """A queue position from the results of :meth:`JobStore._read_position`."""
-    fair, fifo, *ahead = reads
+def _position(replies: list) -> int | None:
+    """A queue position from the replies of :meth:`JobStore.read_position`."""
+    fair, fifo, *ahead = replies
     rank = fair if fair is not None else fifo
     return None if rank is None else sum(ahead) + rank
 
@@ -81,13 +82,11 @@ class JobStore:
         if job.status is not JobStatus.QUEUED:
             return None
         with self.redis.pipeline(transaction=False) as pipe:  # one round trip
-            self._read_position(pipe, job)
-            return _position(pipe.execute())
+            return reads.run(pipe, [self.read_position(pipe, job)])[0]
 
-    def _read_position(self, pipe, job: Job) -> int:
-        """Queue the reads :func:`_position` takes, in this order: the job's rank in its queue's fair order, its
-        rank in the queue's FIFO order, and the depth of every higher-priority queue of its pool; returns how many
-        reads it queued."""
+    def read_position(self, pipe, job: Job) -> Read:
+        """:meth:`queue_position` as a read on ``pipe``: the job's rank in its queue's fair order, its rank in the
+        queue's FIFO order, and the depth of every higher-priority queue of its pool."""
         own = queue_name(job.pool, job.priority)
         # Workers claim in fair-share order (inferno_jobs/fairshare.py); jobs queued before it existed keep FIFO.
         pipe.zrank(self.keys.fair_queue(own), job.id)
@@ -95,7 +94,7 @@ class JobStore:
         higher = PRIORITY_ORDER[:PRIORITY_ORDER.index(job.priority)]
         for priority in higher:
             pipe.zcard(self.keys.queued(queue_name(job.pool, priority)))
-        return 2 + len(higher)
+        return Read(2 + len(higher), _position)
 
     def list(self, tenant: str, *, status: str | None = None, type: str | None = None,
              batch_id: str | None = None, limit: int = 20, cursor: str | None = None) -> tuple[list[Job], str | None]:
@@ -231,8 +230,8 @@ class JobStore:
                         pipe.set(idem_key, json.dumps({"body_hash": idempotency[1], "job_id": job.id}),
                                  ex=self.settings.result_retention_s)
                     if stored.status is JobStatus.QUEUED:  # its position, read in the same transaction
-                        reads = self._read_position(pipe, stored)
-                        stored.created_position = _position(pipe.execute()[-reads:])
+                        position = self.read_position(pipe, stored)
+                        stored.created_position = position.decode(pipe.execute()[-position.size:])
                     else:
                         pipe.execute()
                     return stored, True
@@ -524,9 +523,15 @@ class JobStore:
 
     def active_count(self, tenant: str) -> int:
         """How many of a tenant's jobs are queued or running (its concurrency, for the rate limiter)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            return reads.run(pipe, [self.read_active_count(pipe, tenant)])[0]
+
+    def read_active_count(self, pipe, tenant: str) -> Read:
+        """:meth:`active_count` as a read on ``pipe``."""
         key = self.keys.tenant_active(tenant)
-        self.redis.zremrangebyscore(key, "-inf", now())  # entries of jobs that left retention unfinished
-        return int(self.redis.zcard(key))
+        pipe.zremrangebyscore(key, "-inf", now())  # entries of jobs that left retention unfinished
+        pipe.zcard(key)
+        return Read(2, lambda replies: int(replies[1]))
 
     def queue_depth(self, queue: str) -> int:
         """How many jobs wait in ``queue``."""
@@ -535,17 +540,26 @@ class JobStore:
     def queue_depths(self, queues: list[str]) -> list[int]:
         """How many jobs wait in each of ``queues``, in one round trip."""
         with self.redis.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                pipe.zcard(self.keys.queued(queue))
-            return pipe.execute()
+            return reads.run(pipe, [self.read_queue_depths(pipe, queues)])[0]
+
+    def read_queue_depths(self, pipe, queues: list[str]) -> Read:
+        """:meth:`queue_depths` as a read on ``pipe``."""
+        for queue in queues:
+            pipe.zcard(self.keys.queued(queue))
+        return Read(len(queues), list)
 
     def in_flight(self) -> int:
         """How many jobs are queued or running, deployment-wide, in one round trip (for throttling)."""
         with self.redis.pipeline(transaction=False) as pipe:
-            for queue in all_queues():
-                pipe.zcard(self.keys.queued(queue))
-            pipe.zcard(self.keys.running_leases())
-            return sum(pipe.execute())
+            return reads.run(pipe, [self.read_in_flight(pipe)])[0]
+
+    def read_in_flight(self, pipe) -> Read:
+        """:meth:`in_flight` as a read on ``pipe``."""
+        queues = all_queues()
+        for queue in queues:
+            pipe.zcard(self.keys.queued(queue))
+        pipe.zcard(self.keys.running_leases())
+        return Read(len(queues) + 1, sum)
 
 
 __all__ = ["JobStore", "IllegalTransition"]

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from inferno_jobs import reads
 from inferno_jobs.errors import Conflict, IllegalTransition, JobNotFound
 from inferno_jobs.job import Job, JobStatus, JobType, Priority
 from inferno_jobs.store import JobStore
@@ -77,6 +78,18 @@ def test_queue_position_counts_higher_priorities_first(store):
     assert [store.queue_position(j) for j in lows] == [2, 3, 4]
     store.claim(high.id, "w:1")
     assert store.queue_position(lows[0]) == 1
+
+
+def test_reads_on_one_pipeline_give_what_each_reading_alone_gives(store):
+    lows = [new(store, priority=Priority.LOW) for _ in range(2)]
+    new(store, priority=Priority.HIGH, tenant="t2")
+    with store.redis.pipeline(transaction=False) as pipe:
+        together = reads.run(pipe, [store.read_position(pipe, lows[1]), store.read_in_flight(pipe),
+                                    store.read_queue_depths(pipe, ["inferno.cpu.high", "inferno.cpu.low"]),
+                                    store.read_active_count(pipe, "t1")])
+    assert together == [store.queue_position(lows[1]), store.in_flight(),
+                        store.queue_depths(["inferno.cpu.high", "inferno.cpu.low"]), store.active_count("t1")]
+    assert together == [2, 3, [1, 2], 2]
 
 
 def test_cancel_queued_is_immediate_and_running_is_flagged(store):
