@@ -23,12 +23,16 @@ bp = Blueprint("jobs", __name__)
 log = logging.getLogger(__name__)
 
 
+def position_of(job: Job) -> int | None:
+    """A job's queue position: for a job just created, the one read as it was stored; else the live one."""
+    if job.created_position is not None:
+        return job.created_position
+    return services().store.queue_position(job)
+
+
 def job_body(job: Job) -> dict:
-    """The job object, with its live queue position (a job just created: the one read as it was stored)."""
-    position = job.created_position
-    if position is None:
-        position = services().store.queue_position(job)
-    return shared(JobResponse).dump(job.to_api(position))
+    """The job object, with its queue position."""
+    return shared(JobResponse).dump(job.to_api(position_of(job)))
 
 
 def check_input_for_model(model, data: dict) -> None:
@@ -117,8 +121,10 @@ def list_jobs():
     """The caller's jobs, newest first: ``?status=&type=&batch_id=&limit=&cursor=``."""
     owner = tenant()
     query = load(JobListQuery(), request.args.to_dict())
-    jobs, cursor = services().store.list(owner, **query)
-    return jsonify(JobList().dump({"data": [job.to_api(services().store.queue_position(job)) for job in jobs],
+    store = services().store
+    jobs, cursor = store.list(owner, **query)
+    positions = store.queue_positions(jobs)  # one round trip for the page
+    return jsonify(JobList().dump({"data": [job.to_api(position) for job, position in zip(jobs, positions)],
                                    "next_cursor": cursor}))
 
 

@@ -15,7 +15,7 @@ from flask import Blueprint, jsonify
 
 from api.body import json_body
 from api.compat_schemas import PredictAsyncRequest, PredictBatchRequest, PredictRequest, load_request
-from api.jobs import check_input_for_model, submit
+from api.jobs import check_input_for_model, position_of, submit
 from api.request_context import services, tenant
 from api.sync_jobs import find_model, job_error, submit_now, wait
 from api.versioning import deprecated
@@ -112,7 +112,7 @@ def predict_async():
     if data.get("timeout_ms"):
         body["timeout_s"] = max(1, math.ceil(data["timeout_ms"] / 1000))
     job, _ = submit(body, owner=owner)
-    position = services().store.queue_position(job)
+    position = position_of(job)
     # A rough estimate: the jobs ahead of it, at a few milliseconds each once a worker takes them in micro-batches.
     eta = round(0.05 + 0.005 * (position or 0), 3)
     response = jsonify({"job_id": job.id, "status": "pending", "eta_seconds": eta, "timestamp": isoformat(now())})

@@ -79,10 +79,18 @@ class JobStore:
     def queue_position(self, job: Job) -> int | None:
         """How many queued jobs of the same pool run before this one (0: it is next), or None unless queued.
         (The copy :meth:`create` returns carries its position at creation: ``created_position``.)"""
-        if job.status is not JobStatus.QUEUED:
-            return None
-        with self.redis.pipeline(transaction=False) as pipe:  # one round trip
-            return reads.run(pipe, [self.read_position(pipe, job)])[0]
+        return self.queue_positions([job])[0]
+
+    def queue_positions(self, jobs: list[Job]) -> list[int | None]:
+        """:meth:`queue_position` of each of ``jobs``, in one round trip (none when none is queued)."""
+        queued = [i for i, job in enumerate(jobs) if job.status is JobStatus.QUEUED]
+        positions: list[int | None] = [None] * len(jobs)
+        if queued:
+            with self.redis.pipeline(transaction=False) as pipe:
+                found = reads.run(pipe, [self.read_position(pipe, jobs[i]) for i in queued])
+            for i, position in zip(queued, found):
+                positions[i] = position
+        return positions
 
     def read_position(self, pipe, job: Job) -> Read:
         """:meth:`queue_position` as a read on ``pipe``: the job's rank in its queue's fair order, its rank in the

@@ -38,6 +38,14 @@ def test_a_submission_answers_with_its_place_behind_higher_priorities_and_earlie
     assert client.get(f"/jobs/{normal_id}").get_json()["queue_position"] == 1
 
 
+def test_a_listed_page_shows_each_queued_jobs_live_position(client):
+    ids = [client.post("/jobs", json={**IRIS, "priority": p}).get_json()["id"] for p in ("low", "low", "high")]
+    client.post(f"/jobs/{ids[1]}/cancel")
+    page = {j["id"]: j["queue_position"] for j in client.get("/jobs").get_json()["data"]}
+    assert page == {ids[0]: 1, ids[1]: None, ids[2]: 0}  # the high one first; a canceled job has none
+    assert page[ids[0]] == client.get(f"/jobs/{ids[0]}").get_json()["queue_position"]
+
+
 def test_every_response_carries_a_request_id(client):
     assert client.get("/health").headers["X-Request-ID"].startswith("req_")
     r = client.get("/jobs/job_nope", headers={"X-Request-ID": "abc-123"})
