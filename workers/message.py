@@ -20,13 +20,14 @@ class _Collector:
     """kombu's publish-batch session (what ``Channel.create_publish_batch`` returns), keeping the Redis commands
     of what is published through it instead of running them."""
 
-    def __init__(self, channel, commands: Commands):
-        self.channel = channel
+    def __init__(self, channel, target, commands: Commands):
+        self.channel = channel  # the producer's (kombu checks that every publish of a batch comes from it)
+        self.target = target  # the real channel
         self.commands = commands
 
     def publish(self, message, **kwargs):
         # The channel's own routing and envelope; its Redis _put calls add() with the final commands.
-        return self.channel.basic_publish(message, _publish_batch=self, **kwargs)
+        return self.target.basic_publish(message, _publish_batch=self, **kwargs)
 
     def add(self, name: str, *args) -> None:
         self.commands.append((name, args))
@@ -52,7 +53,7 @@ class _CollectingChannel:
         return getattr(self._channel, name)
 
     def create_publish_batch(self, max_size: int) -> _Collector:
-        return _Collector(self._channel, self.commands)
+        return _Collector(self, self._channel, self.commands)
 
 
 class MessageCollector:

@@ -8,6 +8,7 @@ import json
 import pytest
 from celery.signals import before_task_publish
 
+from inferno_jobs.config import Settings
 from inferno_jobs.job import Job, JobType, Priority
 from inferno_jobs.queue import queue_name
 from inferno_jobs.store import JobStore
@@ -87,3 +88,24 @@ def test_a_job_and_its_message_are_stored_together_or_not_at_all(live_settings, 
         store.create(other, publish=broken)
     assert live_redis.llen(queue) == 0 and not live_redis.exists(store.keys.job(other.id))
     assert store.queue_position(store.get(created.id)) == 0  # the first job only: nothing of the second is kept
+
+
+def test_with_sent_events_on_the_task_sent_event_goes_out_in_the_same_transaction(live_settings, live_redis):
+    celery = make_celery(Settings.from_env({}, **{**live_settings.__dict__, "task_sent_events": True}))
+    job = _job()
+    events = live_redis.pubsub()
+    events.psubscribe("*celeryev*")
+    events.get_message(timeout=1)  # the subscription's confirmation
+    commands = run_job_commands(celery, job)
+    assert [name for name, _ in commands] == ["lpush", "publish"]
+    assert events.get_message(timeout=0.2) is None  # nothing is sent before the transaction runs
+    with live_redis.pipeline() as pipe:
+        for name, args in commands:
+            getattr(pipe, name)(*args)
+        pipe.execute()
+    sent = json.loads(events.get_message(timeout=2)["data"])
+    event = json.loads(base64.b64decode(sent["body"]))
+    stored = _pop(live_redis, queue_name(job.pool, job.priority))
+    assert event["type"] == "task-sent" and event["uuid"] == stored["headers"]["id"]
+    assert event["queue"] == queue_name(job.pool, job.priority)
+    events.close()
