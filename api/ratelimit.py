@@ -82,8 +82,8 @@ def check_capacity(pool: str, owner: str, *, model: str | None = None) -> None:
         wanted = {name: read for name, read in wanted.items() if read}
         # In this order: an open circuit (its decode raises) answers before any limit is counted.
         counts = dict(zip(wanted, reads.run(pipe, list(wanted.values()))))
-    if "in_flight" in counts and counts["in_flight"] >= config.max_concurrent_requests:
-        in_flight = counts["in_flight"]
+    in_flight, depth, active = counts.get("in_flight"), sum(counts.get("depth", ())), counts.get("active")
+    if in_flight is not None and in_flight >= config.max_concurrent_requests:
         svc.store.metrics.inc(RATE_LIMITED, ("throttled",))
         raise RateLimitExceeded(
             f"the engine is throttled: {in_flight} jobs queued or running, its limit is "
@@ -91,16 +91,14 @@ def check_capacity(pool: str, owner: str, *, model: str | None = None) -> None:
             "seconds", details={"limit": "max_concurrent_requests", "limit_value": config.max_concurrent_requests,
                                 "active": in_flight, "retry_after": THROTTLE_RETRY_AFTER_S},
             retry_after_s=THROTTLE_RETRY_AFTER_S)
-    if "depth" in counts and sum(counts["depth"]) >= settings.max_queue_depth:
-        depth = sum(counts["depth"])
+    if "depth" in counts and depth >= settings.max_queue_depth:
         svc.store.metrics.inc(RATE_LIMITED, ("queue_depth",))
         raise QueueFull(f"the {pool} pool has {depth} jobs waiting, its limit (INFERNO_MAX_QUEUE_DEPTH); "
                         f"retry in {settings.queue_full_retry_after_s} s",
                         details={"reason": "queue_full", "pool": pool, "depth": depth,
                                  "max_queue_depth": settings.max_queue_depth},
                         retry_after_s=settings.queue_full_retry_after_s)
-    if "active" in counts and counts["active"] >= concurrent:
-        active = counts["active"]
+    if active is not None and active >= concurrent:
         svc.store.metrics.inc(RATE_LIMITED, ("concurrent",))
         raise RateLimitExceeded(
             f"too many jobs in flight: {active} queued or running, the limit is {concurrent}; "

@@ -68,9 +68,8 @@ class MessageCollector:
         producer = getattr(self._local, "producer", None)
         if producer is None:
             connection = self.celery.connection_for_write()
-            channel = _CollectingChannel(connection.default_channel)
-            producer = self._local.producer = self.celery.amqp.Producer(channel, auto_declare=False)
-            self._local.channel = channel
+            producer = self._local.producer = self.celery.amqp.Producer(
+                _CollectingChannel(connection.default_channel), auto_declare=False)
         return producer
 
     def commands(self, name: str, **options) -> Commands:
@@ -78,7 +77,7 @@ class MessageCollector:
         producer = self._producer()
         if not producer.supports_batch_publish:  # it would be sent at once (kombu before 5.7, another transport)
             raise RuntimeError("the broker transport cannot defer a publish (kombu 5.7+ on Redis can)")
-        channel = self._local.channel
+        channel = producer.channel  # the _CollectingChannel
         channel.commands = []
         with producer.batch():
             self.celery.send_task(name, producer=producer, **options)

@@ -61,13 +61,14 @@ def pool_specs(settings: Settings, pool: str, gpus: list[str] | None = None, con
         n = concurrency or settings.webhook_concurrency
         return [(celery_argv("webhooks", n, f"webhooks@{host}", loglevel), worker_env(settings, "webhooks", n))]
     n = concurrency or cpu_concurrency(settings)
-    specs = [(celery_argv("cpu", n, f"cpu@{host}", loglevel), worker_env(settings, "cpu", n))]
+    env = worker_env(settings, "cpu", n)
+    specs = [(celery_argv("cpu", n, f"cpu@{host}", loglevel), env)]
     if settings.express_workers:
         # The express lane: processes that serve only the high queue, so a high job never waits for the
         # micro-batches of lower priorities that keep every process of the pool busy (docs/architecture.md).
+        # Same environment: its ONNX threads are the pool's per-process share.
         specs.append((celery_argv("cpu", settings.express_workers, f"cpu-express@{host}", loglevel,
-                                  queues=[queue_name("cpu", Priority.HIGH)]),
-                      worker_env(settings, "cpu", n)))
+                                  queues=[queue_name("cpu", Priority.HIGH)]), env))
     return specs
 
 
