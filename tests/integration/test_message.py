@@ -16,7 +16,9 @@ from workers.celery_app import RUN_JOB, enqueue, make_celery, run_job_commands
 
 pytestmark = pytest.mark.integration
 
-IDS = {"id", "root_id", "correlation_id", "delivery_tag"}
+# Unique to each publish. A trace context (OpenTelemetry's Celery instrumentation, once another test of the session
+# set it up) is one too: a new span per message.
+IDS = {"id", "root_id", "correlation_id", "delivery_tag", "traceparent", "tracestate"}
 
 
 def _job(priority=Priority.HIGH) -> Job:
@@ -48,6 +50,7 @@ def test_the_stored_message_is_the_one_send_task_publishes(live_settings, live_r
         pipe.execute()
     stored = _pop(live_redis, queue)
     assert _without_ids(stored) == _without_ids(sent)
+    assert ("traceparent" in stored["headers"]) == ("traceparent" in sent["headers"])
     assert stored["headers"]["task"] == RUN_JOB and stored["body"][0] == [job.id]
     assert stored["headers"]["timelimit"] == [job.timeout_s + 15, job.timeout_s]
     assert stored["headers"]["job_id"] == job.id and stored["properties"]["delivery_info"]["routing_key"] == queue
