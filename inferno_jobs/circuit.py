@@ -142,7 +142,6 @@ class CircuitBreaker:
         self.settings = settings
         self.keys = Keyspace(settings.key_prefix)
         self.clock = clock
-        self._admit = client.register_script(_ADMIT)
         self._failure = client.register_script(_FAILURE)
         self._success = client.register_script(_SUCCESS)
 
@@ -169,8 +168,10 @@ class CircuitBreaker:
         """:meth:`admit` as a read on ``pipe``: its decode returns the probe flag or raises :class:`CircuitOpen`."""
         if not self.enabled:
             return Read(0, lambda replies: False)
-        self._admit(keys=[self.keys.circuit(model), self.keys.circuit_probe(model)],
-                    args=[self._now(), self.settings.circuit_probe_s * 1000, token], client=pipe)
+        # EVAL with the script's text, not a registered Script: on a pipeline that would cost a SCRIPT EXISTS
+        # round trip of its own on every execute (Redis caches the compiled script by its hash either way).
+        pipe.eval(_ADMIT, 2, self.keys.circuit(model), self.keys.circuit_probe(model), self._now(),
+                  self.settings.circuit_probe_s * 1000, token)
         return Read(1, lambda replies: self._admitted(model, token, *replies[0]))
 
     def _admitted(self, model: str, token: str, code: int, wait_s) -> bool:

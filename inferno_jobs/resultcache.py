@@ -139,12 +139,14 @@ class ResultCache:
         queued on ``pipe``, a pipeline the caller executes)."""
         if self.config.max_cache_entries <= 0 or self.config.cache_ttl_seconds <= 0:
             return 0
-        evicted = self._put(
-            keys=[self.keys.cache_entry(key), self.keys.cache_lru(), self.keys.cache_expiry(), self.keys.cache_clock(),
-                  self.keys.metric(CACHE_EVICTIONS.name)],
-            args=[key, json.dumps({"result": result}), self.config.cache_ttl_seconds, now(),
-                  self.config.max_cache_entries, self.keys.cache_entry(""), "[]"], client=pipe)
-        return 0 if pipe is not None else int(evicted)
+        keys = [self.keys.cache_entry(key), self.keys.cache_lru(), self.keys.cache_expiry(), self.keys.cache_clock(),
+                self.keys.metric(CACHE_EVICTIONS.name)]
+        args = [key, json.dumps({"result": result}), self.config.cache_ttl_seconds, now(),
+                self.config.max_cache_entries, self.keys.cache_entry(""), "[]"]
+        if pipe is not None:  # the script's text: a registered Script costs a pipeline a SCRIPT EXISTS round trip
+            pipe.eval(_PUT, len(keys), *keys, *args)
+            return 0
+        return int(self._put(keys=keys, args=args))
 
     def size(self) -> int:
         """How many results are cached now (the index entries of expired ones are dropped first)."""
