@@ -13,6 +13,7 @@ status always change together.
 
 from __future__ import annotations
 
+from inferno_jobs import atomic
 from inferno_jobs.job import Job
 from inferno_jobs.keyspace import Keyspace
 from inferno_jobs.queue import PRIORITY_ORDER, queue_name
@@ -21,7 +22,7 @@ from inferno_jobs.queue import PRIORITY_ORDER, queue_name
 PRIORITY_OFFSET = 1e13
 
 # KEYS: fair queue, tenant last tags, clock, model waiting set. ARGV: job id, tenant, priority index, batchable.
-_ENQUEUE = """
+_ENQUEUE = atomic.nestable("""
 local clock = tonumber(redis.call('GET', KEYS[3]) or '0')
 local last = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
 local tag = math.max(clock, last) + 1
@@ -29,10 +30,10 @@ redis.call('HSET', KEYS[2], ARGV[2], tag)
 redis.call('ZADD', KEYS[1], tag, ARGV[1])
 if ARGV[4] == '1' then redis.call('ZADD', KEYS[4], tonumber(ARGV[3]) * 1e13 + tag, ARGV[1]) end
 return tag
-"""
+""")
 
 # KEYS: fair queue, clock. ARGV: job id. A job that starts moves the queue's clock up to its tag.
-_START = """
+_START = atomic.nestable("""
 local tag = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if tag then
   local clock = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -40,7 +41,7 @@ if tag then
   redis.call('ZREM', KEYS[1], ARGV[1])
 end
 return tag
-"""
+""")
 
 
 def enqueue(pipe, keys: Keyspace, job: Job, batchable: bool = True) -> None:

@@ -15,7 +15,7 @@ from inferno_jobs.codec import dumps, loads
 from inferno_jobs.config import Settings
 from inferno_jobs.errors import Conflict, IllegalTransition, JobNotFound
 from inferno_jobs.events import JobEvents
-from inferno_jobs import fairshare, paging, reads
+from inferno_jobs import atomic, fairshare, paging, reads
 from inferno_jobs.job import EVENT_FOR_STATUS, Job, JobStatus, new_id, now, transition
 from inferno_jobs.job import retry as requeue
 from inferno_jobs.keyspace import Keyspace
@@ -27,14 +27,14 @@ from inferno_jobs.reads import Read
 # A job that may lead identical requests in flight ended (docs/cache.md): free its in-flight key, and list it for
 # resultcache.settle() only when followers wait on it (a follower joins under WATCH of its leader's record, so none
 # can join after this). KEYS: in-flight key, followers, settle list. ARGV: job id.
-_LEADER_ENDED = """
+_LEADER_ENDED = atomic.nestable("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 if redis.call('SCARD', KEYS[2]) > 0 then redis.call('LPUSH', KEYS[3], ARGV[1]) end
-"""
+""")
 
 
 # KEYS: the enqueue counter, a queue's FIFO set. ARGV: job id. Orders a new job after every job enqueued before it.
-_IN_ORDER = "redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[1]), ARGV[1])"
+_IN_ORDER = atomic.nestable("redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[1]), ARGV[1])")
 
 # The ends a queued job reaches only through running: seen in one change, it went through running in that change.
 RAN_AT_ONCE = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT})
@@ -210,38 +210,40 @@ class JobStore:
                         if leader is None or leader.status.terminal or \
                                 PRIORITY_ORDER.index(leader.priority) > PRIORITY_ORDER.index(job.priority):
                             job.shared_run_of = None
-                    pipe.multi()
-                    self._write(pipe, job, None)
-                    pipe.zadd(self.keys.tenant_jobs(job.tenant), {job.id: 0})
+                    writes = self.redis.pipeline(transaction=False)  # run as one script call: atomic.py
+                    self._write(writes, job, None)
+                    writes.zadd(self.keys.tenant_jobs(job.tenant), {job.id: 0})
                     stored = job
                     if settle is not None:  # on a copy: a retried transaction starts again from the queued job
                         stored = Job.from_dict(job.to_dict())
                         settle(stored)
-                        self._write(pipe, stored, JobStatus.QUEUED)
+                        self._write(writes, stored, JobStatus.QUEUED)
                     else:
-                        pipe.eval(_IN_ORDER, 2, self.keys.sequence(), self.keys.queued(queue), job.id)
-                        pipe.zadd(self.keys.queued_deadlines(), {job.id: job.expires_at})
-                        pipe.zadd(self.keys.queued_sent(), {job.id: job.created_at})
+                        writes.eval(_IN_ORDER, 2, self.keys.sequence(), self.keys.queued(queue), job.id)
+                        writes.zadd(self.keys.queued_deadlines(), {job.id: job.expires_at})
+                        writes.zadd(self.keys.queued_sent(), {job.id: job.created_at})
                         if job.shared_run_of:
-                            pipe.sadd(self.keys.cache_followers(job.shared_run_of), job.id)
-                            pipe.expire(self.keys.cache_followers(job.shared_run_of), self._expiry_s(job))
+                            writes.sadd(self.keys.cache_followers(job.shared_run_of), job.id)
+                            writes.expire(self.keys.cache_followers(job.shared_run_of), self._expiry_s(job))
                         else:
                             # Its fair-share tag orders it in its queue and (unless it streams: a streaming job runs
                             # alone, never in another's micro-batch) in its model's waiting set.
-                            fairshare.enqueue(pipe, self.keys, job, batchable=not job.input.get("stream"))
+                            fairshare.enqueue(writes, self.keys, job, batchable=not job.input.get("stream"))
                             if publish is not None:
                                 message = publish(job) if message is None else message
                                 for name, args in message:
-                                    getattr(pipe, name)(*args)
-                        pipe.zadd(self.keys.tenant_active(job.tenant), {job.id: self._active_until(job)})
+                                    getattr(writes, name)(*args)
+                        writes.zadd(self.keys.tenant_active(job.tenant), {job.id: self._active_until(job)})
                     if idem_key:
-                        pipe.set(idem_key, json.dumps({"body_hash": idempotency[1], "job_id": job.id}),
-                                 ex=self.settings.result_retention_s)
+                        writes.set(idem_key, json.dumps({"body_hash": idempotency[1], "job_id": job.id}),
+                                   ex=self.settings.result_retention_s)
+                    watched = pipe if pipe.watching else None
                     if stored.status is JobStatus.QUEUED:  # its position, read in the same transaction
-                        position = self.read_position(pipe, stored)
-                        stored.created_position = position.decode(pipe.execute()[-position.size:])
+                        position = self.read_position(writes, stored)
+                        stored.created_position = position.decode(
+                            atomic.execute(writes, position.size, watching=watched))
                     else:
-                        pipe.execute()
+                        atomic.execute(writes, watching=watched)
                     return stored, True
                 except redis.WatchError:
                     continue
@@ -278,10 +280,10 @@ class JobStore:
                     if not writes:
                         pipe.unwatch()
                         return jobs
-                    pipe.multi()
+                    queued = self.redis.pipeline(transaction=False)  # run as one script call: atomic.py
                     for job, before in writes:
-                        self._write(pipe, job, before)
-                    pipe.execute()
+                        self._write(queued, job, before)
+                    atomic.execute(queued, watching=pipe)
                     return jobs
                 except redis.WatchError:
                     continue

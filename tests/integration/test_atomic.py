@@ -1,0 +1,95 @@
+"""A pipeline's commands run as one script call (inferno_jobs/atomic.py), on a real Redis: its Lua is Redis's own."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from inferno_jobs import atomic
+
+pytestmark = pytest.mark.integration
+
+_BUMP = atomic.nestable("redis.call('INCRBY', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])")
+_NOTHING = atomic.nestable("redis.call('SET', KEYS[1], 'x')")  # no return: its reply is nil
+
+
+def test_commands_run_in_order_with_nested_scripts_and_the_last_replies(live_redis):
+    writes = live_redis.pipeline(transaction=False)
+    writes.set("a", "1", ex=60)
+    writes.eval(_BUMP, 1, "a", 41)
+    writes.zadd("z", {"m1": 1.5, "m2": 2})
+    writes.rpush("l", b"\x00\xffbinary", "two")
+    writes.zrank("z", "m2")
+    writes.zrank("z", "absent")
+    writes.eval(_NOTHING, 1, "b")
+    writes.zcard("z")
+    replies = atomic.execute(writes, 4)
+    assert replies == [1, None, None, 2]  # a nil reply keeps its place
+    assert live_redis.get("a") == b"42" and 0 < live_redis.ttl("a") <= 60
+    assert live_redis.zscore("z", "m1") == 1.5
+    assert live_redis.lrange("l", 0, -1) == [b"\x00\xffbinary", b"two"]
+    assert live_redis.get("b") == b"x"
+    assert writes.command_stack == []
+
+
+def test_a_script_that_was_not_declared_is_refused_before_anything_runs(live_redis):
+    writes = live_redis.pipeline(transaction=False)
+    writes.set("c", "1")
+    writes.eval("return 1", 0)
+    with pytest.raises(ValueError, match="nestable"):
+        atomic.execute(writes)
+    assert live_redis.get("c") is None
+
+
+def test_a_watched_key_changed_meanwhile_writes_nothing(live_redis):
+    live_redis.set("w", "before")
+    with live_redis.pipeline() as pipe:
+        pipe.watch("w")
+        assert pipe.get("w") == b"before"
+        live_redis.set("w", "changed")  # another client
+        writes = live_redis.pipeline(transaction=False)
+        writes.set("w", "mine")
+        writes.set("d", "1")
+        with pytest.raises(redis.WatchError):
+            atomic.execute(writes, watching=pipe)
+    assert live_redis.get("w") == b"changed" and live_redis.get("d") is None
+
+
+def test_a_watched_transaction_returns_its_replies(live_redis):
+    with live_redis.pipeline() as pipe:
+        pipe.watch("n")
+        writes = live_redis.pipeline(transaction=False)
+        writes.incr("n")
+        writes.get("n")
+        assert atomic.execute(writes, 1, watching=pipe) == [b"1"]
+
+
+def test_no_other_client_sees_half_of_it(live_redis):
+    """Atomic like MULTI: a reader polling meanwhile sees both keys or neither, never one."""
+    seen, done = set(), threading.Event()
+
+    def read():
+        reader = redis.Redis(connection_pool=live_redis.connection_pool)
+        while not done.is_set():
+            with reader.pipeline() as pipe:  # both read at one instant
+                pipe.exists("x1")
+                pipe.exists("x2")
+                seen.add(tuple(pipe.execute()))
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for _ in range(300):
+            writes = live_redis.pipeline(transaction=False)
+            writes.set("x1", "1")
+            for i in range(50):
+                writes.set(f"pad{i}", i)
+            writes.set("x2", "1")
+            atomic.execute(writes)
+            live_redis.delete("x1", "x2")
+    finally:
+        done.set()
+        thread.join()
+    assert seen <= {(0, 0), (1, 1)}
