@@ -191,62 +191,59 @@ class JobStore:
         queue = queue_name(job.pool, job.priority)
         message = None
         while True:
-            with self.redis.pipeline() as pipe:
-                try:
-                    if idem_key:
-                        pipe.watch(idem_key)
-                        seen = pipe.get(idem_key)
-                        if seen is not None:
-                            first = json.loads(seen)
-                            if first["body_hash"] != idempotency[1]:
-                                raise Conflict("Idempotency-Key was already used with a different request body",
-                                               details={"job_id": first["job_id"]})
-                            return self.get(first["job_id"], job.tenant), False
-                    if job.shared_run_of:  # watched: the leader's ending settles its followers (and only those)
-                        pipe.watch(self.keys.job(job.shared_run_of))
-                        raw = pipe.get(self.keys.job(job.shared_run_of))
-                        leader = Job.from_dict(loads(raw)) if raw is not None else None
-                        # Never wait behind a lower priority: a high job does not follow a low one's turn.
-                        if leader is None or leader.status.terminal or \
-                                PRIORITY_ORDER.index(leader.priority) > PRIORITY_ORDER.index(job.priority):
-                            job.shared_run_of = None
-                    writes = self.redis.pipeline(transaction=False)  # run as one script call: atomic.py
-                    self._write(writes, job, None)
-                    writes.zadd(self.keys.tenant_jobs(job.tenant), {job.id: 0})
-                    stored = job
-                    if settle is not None:  # on a copy: a retried transaction starts again from the queued job
-                        stored = Job.from_dict(job.to_dict())
-                        settle(stored)
-                        self._write(writes, stored, JobStatus.QUEUED)
+            read: dict[str, bytes | None] = {}  # what the writes depend on: unchanged when they run, or a retry
+            try:
+                if idem_key:
+                    seen = read[idem_key] = self.redis.get(idem_key)
+                    if seen is not None:
+                        first = json.loads(seen)
+                        if first["body_hash"] != idempotency[1]:
+                            raise Conflict("Idempotency-Key was already used with a different request body",
+                                           details={"job_id": first["job_id"]})
+                        return self.get(first["job_id"], job.tenant), False
+                if job.shared_run_of:  # the leader's ending settles its followers (and only those)
+                    raw = read[self.keys.job(job.shared_run_of)] = self.redis.get(self.keys.job(job.shared_run_of))
+                    leader = Job.from_dict(loads(raw)) if raw is not None else None
+                    # Never wait behind a lower priority: a high job does not follow a low one's turn.
+                    if leader is None or leader.status.terminal or \
+                            PRIORITY_ORDER.index(leader.priority) > PRIORITY_ORDER.index(job.priority):
+                        job.shared_run_of = None
+                writes = self.redis.pipeline(transaction=False)  # run as one script call: atomic.py
+                self._write(writes, job, None)
+                writes.zadd(self.keys.tenant_jobs(job.tenant), {job.id: 0})
+                stored = job
+                if settle is not None:  # on a copy: a retried transaction starts again from the queued job
+                    stored = Job.from_dict(job.to_dict())
+                    settle(stored)
+                    self._write(writes, stored, JobStatus.QUEUED)
+                else:
+                    writes.eval(_IN_ORDER, 2, self.keys.sequence(), self.keys.queued(queue), job.id)
+                    writes.zadd(self.keys.queued_deadlines(), {job.id: job.expires_at})
+                    writes.zadd(self.keys.queued_sent(), {job.id: job.created_at})
+                    if job.shared_run_of:
+                        writes.sadd(self.keys.cache_followers(job.shared_run_of), job.id)
+                        writes.expire(self.keys.cache_followers(job.shared_run_of), self._expiry_s(job))
                     else:
-                        writes.eval(_IN_ORDER, 2, self.keys.sequence(), self.keys.queued(queue), job.id)
-                        writes.zadd(self.keys.queued_deadlines(), {job.id: job.expires_at})
-                        writes.zadd(self.keys.queued_sent(), {job.id: job.created_at})
-                        if job.shared_run_of:
-                            writes.sadd(self.keys.cache_followers(job.shared_run_of), job.id)
-                            writes.expire(self.keys.cache_followers(job.shared_run_of), self._expiry_s(job))
-                        else:
-                            # Its fair-share tag orders it in its queue and (unless it streams: a streaming job runs
-                            # alone, never in another's micro-batch) in its model's waiting set.
-                            fairshare.enqueue(writes, self.keys, job, batchable=not job.input.get("stream"))
-                            if publish is not None:
-                                message = publish(job) if message is None else message
-                                for name, args in message:
-                                    getattr(writes, name)(*args)
-                        writes.zadd(self.keys.tenant_active(job.tenant), {job.id: self._active_until(job)})
-                    if idem_key:
-                        writes.set(idem_key, json.dumps({"body_hash": idempotency[1], "job_id": job.id}),
-                                   ex=self.settings.result_retention_s)
-                    watched = pipe if pipe.watching else None
-                    if stored.status is JobStatus.QUEUED:  # its position, read in the same transaction
-                        position = self.read_position(writes, stored)
-                        stored.created_position = position.decode(
-                            atomic.execute(writes, position.size, watching=watched))
-                    else:
-                        atomic.execute(writes, watching=watched)
-                    return stored, True
-                except redis.WatchError:
-                    continue
+                        # Its fair-share tag orders it in its queue and (unless it streams: a streaming job runs
+                        # alone, never in another's micro-batch) in its model's waiting set.
+                        fairshare.enqueue(writes, self.keys, job, batchable=not job.input.get("stream"))
+                        if publish is not None:
+                            message = publish(job) if message is None else message
+                            for name, args in message:
+                                getattr(writes, name)(*args)
+                    writes.zadd(self.keys.tenant_active(job.tenant), {job.id: self._active_until(job)})
+                if idem_key:
+                    writes.set(idem_key, json.dumps({"body_hash": idempotency[1], "job_id": job.id}),
+                               ex=self.settings.result_retention_s)
+                if stored.status is JobStatus.QUEUED:  # its position, read in the same transaction
+                    position = self.read_position(writes, stored)
+                    stored.created_position = position.decode(
+                        atomic.execute(writes, position.size, unchanged=read))
+                else:
+                    atomic.execute(writes, unchanged=read)
+                return stored, True
+            except redis.WatchError:
+                continue
 
     def mutate(self, job_id: str, change: Callable[[Job], bool | None]) -> Job:
         """Apply ``change`` to the current record and write it atomically; retried if the job changed meanwhile.
@@ -260,33 +257,31 @@ class JobStore:
         return jobs[0]
 
     def mutate_many(self, job_ids: list[str], change: Callable[[Job], bool | None]) -> list[Job]:
-        """:meth:`mutate` for several jobs in one transaction (one WATCH, one MGET, one MULTI): how a
-        micro-batch claims and finishes its jobs without a round trip per job. Jobs that no longer exist are
+        """:meth:`mutate` for several jobs in one transaction (one MGET, then one script call that writes only if
+        none of them changed meanwhile): how a micro-batch claims and finishes its jobs without a round trip per job. Jobs that no longer exist are
         left out of the returned list; the others come back in order, changed or not."""
         keys = [self.keys.job(i) for i in job_ids]
         while True:
-            with self.redis.pipeline() as pipe:
-                try:
-                    pipe.watch(*keys)
-                    jobs, writes = [], []
-                    for raw in pipe.mget(keys):
-                        if raw is None:
-                            continue
-                        job = Job.from_dict(loads(raw))
-                        before = job.status
-                        if change(job) is not False:
-                            writes.append((job, before))
-                        jobs.append(job)
-                    if not writes:
-                        pipe.unwatch()
-                        return jobs
-                    queued = self.redis.pipeline(transaction=False)  # run as one script call: atomic.py
-                    for job, before in writes:
-                        self._write(queued, job, before)
-                    atomic.execute(queued, watching=pipe)
-                    return jobs
-                except redis.WatchError:
+            raws = self.redis.mget(keys)
+            jobs, writes = [], []
+            for raw in raws:
+                if raw is None:
                     continue
+                job = Job.from_dict(loads(raw))
+                before = job.status
+                if change(job) is not False:
+                    writes.append((job, before))
+                jobs.append(job)
+            if not writes:
+                return jobs
+            queued = self.redis.pipeline(transaction=False)  # run as one script call: atomic.py
+            for job, before in writes:
+                self._write(queued, job, before)
+            try:
+                atomic.execute(queued, unchanged=dict(zip(keys, raws)))
+            except redis.WatchError:  # a job changed since it was read: read again and redo the change
+                continue
+            return jobs
 
     def transition(self, job_id: str, to: JobStatus, **kwargs) -> Job:
         """Move a job to ``to`` (see :func:`inferno_jobs.job.transition`); raises on an illegal move."""

@@ -43,27 +43,29 @@ def test_a_script_that_was_not_declared_is_refused_before_anything_runs(live_red
     assert live_redis.get("c") is None
 
 
-def test_a_watched_key_changed_meanwhile_writes_nothing(live_redis):
+def test_a_key_changed_since_it_was_read_writes_nothing(live_redis):
     live_redis.set("w", "before")
-    with live_redis.pipeline() as pipe:
-        pipe.watch("w")
-        assert pipe.get("w") == b"before"
-        live_redis.set("w", "changed")  # another client
-        writes = live_redis.pipeline(transaction=False)
-        writes.set("w", "mine")
-        writes.set("d", "1")
-        with pytest.raises(redis.WatchError):
-            atomic.execute(writes, watching=pipe)
+    read = {"w": live_redis.get("w"), "none": live_redis.get("none")}
+    live_redis.set("w", "changed")  # another client, meanwhile
+    writes = live_redis.pipeline(transaction=False)
+    writes.set("w", "mine")
+    writes.set("d", "1")
+    with pytest.raises(redis.WatchError):
+        atomic.execute(writes, unchanged=read)
     assert live_redis.get("w") == b"changed" and live_redis.get("d") is None
+    live_redis.set("none", "")  # a key that appeared (even empty) is a change too
+    writes.set("d", "1")
+    with pytest.raises(redis.WatchError):
+        atomic.execute(writes, unchanged={"w": b"changed", "none": None})
+    assert live_redis.get("d") is None
 
 
-def test_a_watched_transaction_returns_its_replies(live_redis):
-    with live_redis.pipeline() as pipe:
-        pipe.watch("n")
-        writes = live_redis.pipeline(transaction=False)
-        writes.incr("n")
-        writes.get("n")
-        assert atomic.execute(writes, 1, watching=pipe) == [b"1"]
+def test_unchanged_keys_let_the_writes_run(live_redis):
+    live_redis.set("n", "5")
+    writes = live_redis.pipeline(transaction=False)
+    writes.incr("n")
+    writes.get("n")
+    assert atomic.execute(writes, 1, unchanged={"n": b"5", "absent": None}) == [b"6"]
 
 
 def test_no_other_client_sees_half_of_it(live_redis):
