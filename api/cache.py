@@ -92,14 +92,15 @@ def cache_clear():
 
 
 def create(job: Job, model: ModelConfig, idempotency: tuple[str, str] | None = None, *,
-           publish=None) -> tuple[Job, bool]:
+           publish=None, guard=None) -> tuple[Job, bool]:
     """Store a new job through the result cache (``inferno_jobs.resultcache.create``); returns ``(job, created)``.
 
     Only a job that comes back queued without ``shared_run_of`` needs a Celery message: ``publish(job)``'s
-    commands, stored with it.
+    commands, stored with it. ``guard`` (an ``atomic.Guard``: the capacity checks) runs in the same transaction.
     """
     svc = services()
-    job, created = resultcache.create(svc.store, engine_config(), job, model, idempotency, publish=publish)
+    job, created = resultcache.create(svc.store, engine_config(), job, model, idempotency, publish=publish,
+                                      guard=guard)
     if created and (job.cache_key or job.status is JobStatus.SUCCEEDED):
         g.cache_outcomes = [*g.get("cache_outcomes", []), job.status is JobStatus.SUCCEEDED]
         if job.status is JobStatus.SUCCEEDED and job.webhook:

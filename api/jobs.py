@@ -11,9 +11,9 @@ from flask import Blueprint, jsonify, request, url_for
 from api import cache as result_cache
 from api.body import json_body, load
 from api.deliveries import dispatch_webhooks
-from api.ratelimit import check_capacity
+from api.ratelimit import Capacity
 from api.request_context import request_id, services, tenant
-from inferno_jobs import importance
+from inferno_jobs import atomic, importance
 from inferno_jobs.errors import InternalError, InvalidRequest
 from inferno_jobs.job import Job, JobType
 from inferno_jobs.schemas import JobList, JobListQuery, JobRequest, JobResponse, shared
@@ -60,9 +60,9 @@ def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: 
     if data.get("webhook"):  # the SSRF guard: refuse receivers on loopback, private, link-local... addresses
         NetworkGuard.from_settings(settings).check_url(
             data["webhook"]["url"], field="webhook_url" if data.get("webhook_url") else "webhook.url")
-    # One round trip: a model whose runs keep failing takes no new jobs (503) until a probe job succeeds;
-    # backpressure (503) and the tenant's concurrent-jobs limit (429).
-    check_capacity(model.pool, owner, model=model.name)
+    # Checked in the transaction that stores the job: a model whose runs keep failing takes no new jobs (503) until
+    # a probe job succeeds; backpressure (503) and the tenant's concurrent-jobs limit (429).
+    capacity = Capacity.of(model.pool, owner, model=model.name)
     job = Job.create(
         type=data["type"], model=model.name, tenant=owner, input=data["input"], priority=data["priority"],
         pool=model.pool, ttl_s=min(data.get("ttl_s") or settings.default_ttl_s, settings.max_ttl_s),
@@ -72,7 +72,11 @@ def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: 
     )
     # The result cache may answer it at once, or have it share the run of an identical job in flight (docs/cache.md).
     # Otherwise its Celery message is stored with it, in one transaction (workers/message.py).
-    job, created = result_cache.create(job, model, idempotency, publish=_message_of)
+    try:
+        job, created = result_cache.create(job, model, idempotency, publish=_message_of, guard=capacity.guard)
+    except atomic.Refused as refused:
+        capacity.refuse(refused.reply)
+    capacity.admitted()
     if created:
         log.info("job submitted", extra={"job_id": job.id, "model": job.model, "priority": job.priority.value,
                                          "type": job.type.value, "tenant": job.tenant, "batch_id": batch_id})

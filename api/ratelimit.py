@@ -5,19 +5,20 @@ everything under ``/v1``. Reads, cancels and controls are not limited, so pollin
 budget. Each limited request is counted per API key (per client IP only when auth is disabled and
 ``INFERNO_RATE_LIMIT_BY_IP`` is on) and carries ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset``; over a
 limit it answers 429 ``RATE_LIMIT_EXCEEDED`` with ``Retry-After``. When a pool's queues are full, submissions
-answer 503 with ``Retry-After`` (:func:`check_capacity`).
+answer 503 with ``Retry-After`` (:class:`Capacity`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NoReturn
+
 from flask import Flask, g, request
 
 from api.request_context import engine_config, request_id, services, tenant
-from inferno_jobs import reads
-from inferno_jobs.circuit import CircuitBreaker
+from inferno_jobs import admission, atomic, circuit
 from inferno_jobs.errors import QueueFull, RateLimitExceeded
 from inferno_jobs.metrics import RATE_LIMITED
-from inferno_jobs.queue import pool_queues
 from inferno_jobs.ratelimit import Limits, RateLimiter, estimate_tokens
 
 LIMITED_PATHS = frozenset({"/jobs", "/batches", "/batch", "/inference", "/inference/stream", "/embeddings",
@@ -58,54 +59,84 @@ def subject() -> str:
     return record.id if record is not None else f"ip:{request.remote_addr or 'unknown'}"
 
 
-def check_capacity(pool: str, owner: str, *, model: str | None = None) -> None:
-    """Refuse a new job when its model's circuit breaker is open (503, ``model``: the model it is for), when its
-    pool's queues are full (503), when the deployment is throttled and has ``max_concurrent_requests`` jobs in
-    flight (429), or when its tenant has too many jobs in flight (429). Every count is read in one round trip.
+@dataclass
+class Capacity:
+    """The capacity checks of one new job: its model's circuit breaker (503, ``model``: the model it is for), its
+    pool's queues being full (503), the deployment being throttled with ``max_concurrent_requests`` jobs in flight
+    (429), its tenant having too many jobs in flight (429), in that order. Redis decides them all in one script
+    (inferno_jobs/admission.py): the guard of the transaction that stores the job, or run alone (:meth:`check`).
 
-    Called by every surface that creates jobs (``api.jobs.submit``). The concurrency count is per tenant, with the
-    calling key's limit; it applies only with auth enabled (with auth disabled every caller is the one local tenant).
-    Throttling (``POST /config`` ``enable_throttling``) counts every tenant's queued and running jobs.
+    The concurrency count is per tenant, with the calling key's limit; it applies only with auth enabled (with auth
+    disabled every caller is the one local tenant). Throttling (``POST /config`` ``enable_throttling``) counts every
+    tenant's queued and running jobs.
     """
-    svc = services()
-    settings = svc.settings
-    config = engine_config()
-    limits = (g.get("rate_limits") or limits_for_caller()) if settings.auth_enabled else None
-    concurrent = limits.concurrent if limits is not None else 0
-    with svc.redis.pipeline(transaction=False) as pipe:
-        wanted = {
-            "circuit": model and CircuitBreaker(svc.redis, settings).read_admission(pipe, model, token=request_id()),
-            "in_flight": config.enable_throttling and svc.store.read_in_flight(pipe),
-            "depth": settings.max_queue_depth and svc.store.read_queue_depths(pipe, pool_queues(pool)),
-            "active": concurrent and svc.store.read_active_count(pipe, owner),
-        }
-        wanted = {name: read for name, read in wanted.items() if read}
-        # In this order: an open circuit (its decode raises) answers before any limit is counted.
-        counts = dict(zip(wanted, reads.run(pipe, list(wanted.values()))))
-    in_flight, depth, active = counts.get("in_flight"), sum(counts.get("depth", ())), counts.get("active")
-    if in_flight is not None and in_flight >= config.max_concurrent_requests:
-        svc.store.metrics.inc(RATE_LIMITED, ("throttled",))
-        raise RateLimitExceeded(
-            f"the engine is throttled: {in_flight} jobs queued or running, its limit is "
-            f"{config.max_concurrent_requests} (max_concurrent_requests); retry after {THROTTLE_RETRY_AFTER_S} "
-            "seconds", details={"limit": "max_concurrent_requests", "limit_value": config.max_concurrent_requests,
-                                "active": in_flight, "retry_after": THROTTLE_RETRY_AFTER_S},
-            retry_after_s=THROTTLE_RETRY_AFTER_S)
-    if "depth" in counts and depth >= settings.max_queue_depth:
-        svc.store.metrics.inc(RATE_LIMITED, ("queue_depth",))
-        raise QueueFull(f"the {pool} pool has {depth} jobs waiting, its limit (INFERNO_MAX_QUEUE_DEPTH); "
-                        f"retry in {settings.queue_full_retry_after_s} s",
-                        details={"reason": "queue_full", "pool": pool, "depth": depth,
-                                 "max_queue_depth": settings.max_queue_depth},
-                        retry_after_s=settings.queue_full_retry_after_s)
-    if active is not None and active >= concurrent:
+
+    request: admission.Request
+    guard: atomic.Guard
+
+    @classmethod
+    def of(cls, pool: str, owner: str, *, model: str | None = None) -> "Capacity":
+        svc = services()
+        settings = svc.settings
+        config = engine_config()
+        limits = (g.get("rate_limits") or limits_for_caller()) if settings.auth_enabled else None
+        request = admission.Request(
+            pool=pool, tenant=owner, model=model if settings.circuit_failure_threshold > 0 else None,
+            probe_token=request_id(), probe_ms=settings.circuit_probe_s * 1000,
+            in_flight_limit=config.max_concurrent_requests if config.enable_throttling else 0,
+            depth_limit=settings.max_queue_depth, concurrency_limit=limits.concurrent if limits is not None else 0)
+        return cls(request, admission.guard(svc.store.keys, request))
+
+    def check(self) -> None:
+        """Run the checks alone (one round trip): the error of the first that refuses, if any."""
+        try:
+            admission.check(services().redis, self.guard)
+        except atomic.Refused as refused:
+            self.refuse(refused.reply)
+        self.admitted()
+
+    def admitted(self) -> None:
+        """After the checks let the job in: note a half-open circuit's probe."""
+        reply = self.guard.reply
+        if reply is not None and int(reply[1]) == 1:
+            circuit.admitted(self.request.model, self.request.probe_token, 2, 0)
+
+    def refuse(self, reply: list) -> NoReturn:
+        """Raise the error of a refusal (``atomic.Refused.reply``), counted in the rate-limited metric."""
+        svc = services()
+        request = self.request
+        why, numbers = admission.reason(reply)
+        if why == "circuit":
+            circuit.admitted(request.model, request.probe_token, *numbers)
+        if why == "in_flight":
+            svc.store.metrics.inc(RATE_LIMITED, ("throttled",))
+            raise RateLimitExceeded(
+                f"the engine is throttled: {numbers[0]} jobs queued or running, its limit is "
+                f"{request.in_flight_limit} (max_concurrent_requests); retry after {THROTTLE_RETRY_AFTER_S} "
+                "seconds", details={"limit": "max_concurrent_requests", "limit_value": request.in_flight_limit,
+                                    "active": numbers[0], "retry_after": THROTTLE_RETRY_AFTER_S},
+                retry_after_s=THROTTLE_RETRY_AFTER_S) from None
+        if why == "depth":
+            svc.store.metrics.inc(RATE_LIMITED, ("queue_depth",))
+            retry_after_s = svc.settings.queue_full_retry_after_s
+            raise QueueFull(f"the {request.pool} pool has {numbers[0]} jobs waiting, its limit "
+                            f"(INFERNO_MAX_QUEUE_DEPTH); retry in {retry_after_s} s",
+                            details={"reason": "queue_full", "pool": request.pool, "depth": numbers[0],
+                                     "max_queue_depth": request.depth_limit},
+                            retry_after_s=retry_after_s) from None
         svc.store.metrics.inc(RATE_LIMITED, ("concurrent",))
         raise RateLimitExceeded(
-            f"too many jobs in flight: {active} queued or running, the limit is {concurrent}; "
+            f"too many jobs in flight: {numbers[0]} queued or running, the limit is {request.concurrency_limit}; "
             f"retry after {CONCURRENCY_RETRY_AFTER_S} seconds",
-            details={"limit": "concurrent", "limit_value": concurrent, "active": active,
+            details={"limit": "concurrent", "limit_value": request.concurrency_limit, "active": numbers[0],
                      "retry_after": CONCURRENCY_RETRY_AFTER_S},
-            retry_after_s=CONCURRENCY_RETRY_AFTER_S)
+            retry_after_s=CONCURRENCY_RETRY_AFTER_S) from None
+
+
+def check_capacity(pool: str, owner: str, *, model: str | None = None) -> None:
+    """:class:`Capacity`'s checks, alone: for what is admitted without a new job record (a retried job). A new
+    job is checked in the transaction that stores it (``api.jobs.submit``)."""
+    Capacity.of(pool, owner, model=model).check()
 
 
 def count_request(subject: str, limits: Limits, body=None) -> None:

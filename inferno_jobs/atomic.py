@@ -19,6 +19,7 @@ undeclared one is refused before anything is sent.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 
 import redis
 
@@ -26,24 +27,34 @@ _NESTED: dict[str, str] = {}  # sha1 of a script's text -> the text
 _runner_cache: tuple[int, str] | None = None
 
 # ARGV: how many keys must still hold what the caller read, then each key and that value after a '=' ('' for no
-# key); how many commands, how many of the last replies to return, then each command as its argument count and its
-# arguments. A nested script is ``EVAL <sha1> numkeys keys... args...``. Returns {0} when a key changed (nothing
-# ran), else {1, replies...}.
+# key); the guard's argument count (0: none), then its sha1, numkeys, keys and args; how many commands, how many of
+# the last replies to return, then each command as its argument count and its arguments. A nested script is
+# ``EVAL <sha1> numkeys keys... args...``. Returns {0} when a key changed, {2, guard's reply} when the guard
+# refused (nothing ran either way), else {1, guard's reply or false, replies...}.
 _REPLAY = """
+local function call_nested(at, argc)
+  local numkeys = tonumber(ARGV[at + 1])
+  return nested[ARGV[at]]({unpack(ARGV, at + 2, at + 1 + numkeys)}, {unpack(ARGV, at + 2 + numkeys, at + argc - 1)})
+end
 local at = 2
 for c = 1, tonumber(ARGV[1]) do
   local value = redis.call('GET', ARGV[at])
   if (value and '=' .. value or '') ~= ARGV[at + 1] then return {0} end
   at = at + 2
 end
-local n, keep, out = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), {1}
+local guard, argc = false, tonumber(ARGV[at])
+if argc > 0 then
+  guard = call_nested(at + 1, argc)
+  if guard[1] == 0 then return {2, guard} end
+end
+at = at + argc + 1
+local n, keep, out = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), {1, guard}
 at = at + 2
 for c = 1, n do
-  local argc = tonumber(ARGV[at])
+  argc = tonumber(ARGV[at])
   local reply
   if ARGV[at + 1] == 'EVAL' then
-    local numkeys = tonumber(ARGV[at + 3])
-    reply = nested[ARGV[at + 2]]({unpack(ARGV, at + 4, at + 3 + numkeys)}, {unpack(ARGV, at + 4 + numkeys, at + argc)})
+    reply = call_nested(at + 2, argc - 1)
   else
     reply = redis.call(unpack(ARGV, at + 1, at + argc))
   end
@@ -80,36 +91,69 @@ def runner() -> str:
     return _runner_cache[1]
 
 
-def _argv(unchanged: dict, commands: list[tuple], keep: int) -> list:
+@dataclass
+class Guard:
+    """A check that runs first, in the same atomic call, and decides whether the writes run: a :func:`nestable`
+    script whose reply is a list, refusing when its first element is 0 (then nothing is written and
+    :func:`execute` raises :class:`Refused`). Once run, ``reply`` holds what it answered."""
+
+    script: str
+    keys: list = field(default_factory=list)
+    args: list = field(default_factory=list)
+    reply: list | None = None
+
+
+class Refused(Exception):
+    """The guard refused: nothing was written. ``reply`` is its answer."""
+
+    def __init__(self, reply: list):
+        super().__init__(f"refused by the guard: {reply!r}")
+        self.reply = reply
+
+
+def _nested(script: str, keys: list, args: list) -> list:
+    sha = _sha(script)
+    if sha not in _NESTED:
+        raise ValueError("a script run in an atomic transaction must be declared with "
+                         f"inferno_jobs.atomic.nestable(): {script[:60]!r}")
+    return [sha, len(keys), *keys, *args]
+
+
+def _argv(unchanged: dict, guard: Guard | None, commands: list[tuple], keep: int) -> list:
     argv: list = [len(unchanged)]
     for key, value in unchanged.items():
         argv += [key, b"" if value is None else b"=" + (value.encode() if isinstance(value, str) else value)]
-    argv += [len(commands), keep]
+    checked = _nested(guard.script, guard.keys, guard.args) if guard is not None else []
+    argv += [len(checked), *checked, len(commands), keep]
     for args in commands:
-        if args[0] == "EVAL":
-            sha = _sha(args[1])
-            if sha not in _NESTED:
-                raise ValueError("a script queued in an atomic transaction must be declared with "
-                                 f"inferno_jobs.atomic.nestable(): {args[1][:60]!r}")
-            args = ("EVAL", sha, *args[2:])
+        if args[0] == "EVAL":  # EVAL text numkeys keys... args...
+            numkeys = int(args[2])
+            args = ("EVAL", *_nested(args[1], list(args[3:3 + numkeys]), list(args[3 + numkeys:])))
         argv.append(len(args))
         argv.extend(args)
     return argv
 
 
-def execute(writes, keep: int = 0, *, unchanged: dict[str, bytes | None] | None = None) -> list:
+def execute(writes, keep: int = 0, *, unchanged: dict[str, bytes | None] | None = None,
+            guard: Guard | None = None) -> list:
     """Run the commands queued on ``writes`` (a non-transactional pipeline, used only to queue them) as one
     atomic script call; returns the raw replies of the last ``keep`` commands (Redis types: ints, bytes, None).
 
     ``unchanged``: string keys read before, with the values read (None: no such key). If any of them holds
     something else by the time the call runs, nothing is written and ``redis.WatchError`` is raised, as a
     ``WATCH`` of those keys would; the caller reads again and retries. Unlike ``WATCH`` it costs no round trip.
+
+    ``guard``: a :class:`Guard` that runs before the writes and may refuse them (:class:`Refused`).
     """
     unchanged = unchanged or {}
-    argv = _argv(unchanged, [args for args, _options in writes.command_stack], keep)
+    argv = _argv(unchanged, guard, [args for args, _options in writes.command_stack], keep)
     writes.reset()
     writes.eval(runner(), 0, *argv)
     replies = writes.execute()[-1]
     if replies[0] == 0:
         raise redis.WatchError(f"changed since read: one of {', '.join(map(str, unchanged))}")
-    return replies[1:]
+    if guard is not None:
+        guard.reply = replies[1]
+    if replies[0] == 2:
+        raise Refused(replies[1])
+    return replies[2:]

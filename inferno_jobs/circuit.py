@@ -28,13 +28,11 @@ from typing import Callable, Iterable, Sequence
 
 import redis
 
-from inferno_jobs import reads
 from inferno_jobs.config import Settings
 from inferno_jobs.errors import CircuitOpen, InfernoError
 from inferno_jobs.job import isoformat
 from inferno_jobs.keyspace import Keyspace
 from inferno_jobs.metrics import CIRCUIT_OPENS, _field
-from inferno_jobs.reads import Read
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +88,7 @@ def verdict(outcomes: Sequence) -> bool | None:
 # KEYS: circuit, probe. ARGV: now, probe_ms, token.
 # Returns {1, 0} closed, {2, 0} this caller is the probe, {0, wait_s} refused while open, {3, wait_s} refused
 # while half-open (another caller holds the probe).
-_ADMIT = """
+ADMIT = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return {1, 0} end
 local left = tonumber(redis.call('HGET', KEYS[1], 'open_until')) - tonumber(ARGV[1])
 if left > 0 then return {0, math.ceil(left)} end
@@ -134,6 +132,25 @@ return 0
 """
 
 
+def admitted(model: str, token: str, code: int, wait_s) -> bool:
+    """The verdict of :data:`ADMIT` for ``model``: False (closed), True (``token`` is the half-open probe), or
+    :class:`CircuitOpen` raised (open, or half-open with another caller's probe out)."""
+    if code == 1:
+        return False
+    if code == 2:
+        log.info("circuit half-open: probe job let through", extra={"model": model, "probe": token})
+        return True
+    state = CircuitState.OPEN if code == 0 else CircuitState.HALF_OPEN
+    wait_s = max(1, int(wait_s))
+    why = (f"retry in {wait_s} s" if state is CircuitState.OPEN
+           else f"a probe job is checking it; retry in {wait_s} s")
+    raise CircuitOpen(f"model {model!r} is failing: its circuit breaker is {state.value.replace('_', '-')}, "
+                      f"so it takes no new jobs for now; {why}",
+                      details={"reason": "circuit_open", "model": model, "circuit": state.value,
+                               "retry_after_s": wait_s},
+                      retry_after_s=wait_s)
+
+
 class CircuitBreaker:
     """The breakers of one deployment's models. ``clock`` (Unix seconds) is injectable for tests."""
 
@@ -159,36 +176,14 @@ class CircuitBreaker:
         """Let a new job for ``model`` through, or raise :class:`CircuitOpen` (503 with ``Retry-After``).
 
         Returns True when this caller is the half-open probe (``token`` names it in Redis, e.g. a request id).
-        One Redis round trip (:meth:`read_admission` shares it with other reads).
+        One Redis round trip. (A job's submission runs the same script inside its admission:
+        inferno_jobs/admission.py.)
         """
-        with self.redis.pipeline(transaction=False) as pipe:
-            return reads.run(pipe, [self.read_admission(pipe, model, token)])[0]
-
-    def read_admission(self, pipe, model: str, token: str = "probe") -> Read:
-        """:meth:`admit` as a read on ``pipe``: its decode returns the probe flag or raises :class:`CircuitOpen`."""
         if not self.enabled:
-            return Read(0, lambda replies: False)
-        # EVAL with the script's text, not a registered Script: on a pipeline that would cost a SCRIPT EXISTS
-        # round trip of its own on every execute (Redis caches the compiled script by its hash either way).
-        pipe.eval(_ADMIT, 2, self.keys.circuit(model), self.keys.circuit_probe(model), self._now(),
-                  self.settings.circuit_probe_s * 1000, token)
-        return Read(1, lambda replies: self._admitted(model, token, *replies[0]))
-
-    def _admitted(self, model: str, token: str, code: int, wait_s) -> bool:
-        if code == 1:
             return False
-        if code == 2:
-            log.info("circuit half-open: probe job let through", extra={"model": model, "probe": token})
-            return True
-        state = CircuitState.OPEN if code == 0 else CircuitState.HALF_OPEN
-        wait_s = max(1, int(wait_s))
-        why = (f"retry in {wait_s} s" if state is CircuitState.OPEN
-               else f"a probe job is checking it; retry in {wait_s} s")
-        raise CircuitOpen(f"model {model!r} is failing: its circuit breaker is {state.value.replace('_', '-')}, "
-                          f"so it takes no new jobs for now; {why}",
-                          details={"reason": "circuit_open", "model": model, "circuit": state.value,
-                                   "retry_after_s": wait_s},
-                          retry_after_s=wait_s)
+        code, wait_s = self.redis.eval(ADMIT, 2, self.keys.circuit(model), self.keys.circuit_probe(model),
+                                       self._now(), self.settings.circuit_probe_s * 1000, token)
+        return admitted(model, token, code, wait_s)
 
     # -- the workers: what did an engine call say about the model? ----------------------------------------------
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import redis
 from marshmallow import ValidationError
 
+from inferno_jobs import atomic
 from inferno_jobs.engine_config import EngineConfig
 from inferno_jobs.errors import InfernoError, JobNotFound
 from inferno_jobs.job import Job, JobStatus, JobType, now, transition
@@ -107,6 +108,9 @@ end
 return value
 """
 
+# KEYS: an in-flight key. ARGV: the job id it should hold. Frees it only if that job still holds it.
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -182,15 +186,17 @@ class ResultCache:
 
 def create(store: JobStore, config: EngineConfig, job: Job, model: ModelConfig,
            idempotency: tuple[str, str] | None = None, *,
-           publish: Callable[[Job], list[tuple[str, tuple]]] | None = None) -> tuple[Job, bool]:
-    """:meth:`JobStore.create` through the cache; returns ``(job, created)``.
+           publish: Callable[[Job], list[tuple[str, tuple]]] | None = None,
+           guard: atomic.Guard | None = None) -> tuple[Job, bool]:
+    """:meth:`JobStore.create` through the cache; returns ``(job, created)``. ``guard`` may refuse the creation
+    (``atomic.Refused``: nothing stored), whether the cache answers the job or not.
 
     The job comes back ``succeeded`` when the cache answered it, queued with ``shared_run_of`` when it waits on an
     identical job in flight, or queued plainly: only then is its Celery message (``publish``) stored with it.
     """
     canonical = canonical_input(job.type, job.input) if config.enable_cache else None
     if canonical is None:
-        return store.create(job, idempotency, publish=publish)
+        return store.create(job, idempotency, publish=publish, guard=guard)
     key = cache_key(job.tenant, model.name, model_version(model), job.type, canonical)
     cache = ResultCache(store.redis, store.keys, config)
     result = cache.get(key, job.type, job.model)
@@ -198,14 +204,19 @@ def create(store: JobStore, config: EngineConfig, job: Job, model: ModelConfig,
         def answer(new: Job) -> None:
             transition(new, JobStatus.RUNNING, worker=CACHE_WORKER)
             transition(new, JobStatus.SUCCEEDED, result=result)
-        return store.create(job, idempotency, settle=answer)
+        return store.create(job, idempotency, settle=answer, guard=guard)
     job.cache_key = key
     inflight = store.keys.cache_inflight(key)
     lead_s = job.ttl_s + job.timeout_s * store.settings.max_attempts
     if not store.redis.set(inflight, job.id, nx=True, ex=lead_s):
         job.shared_run_of = _text(store.redis.get(inflight) or b"") or None
     following = job.shared_run_of
-    job, created = store.create(job, idempotency, publish=publish)
+    try:
+        job, created = store.create(job, idempotency, publish=publish, guard=guard)
+    except atomic.Refused:
+        if not following:  # it will not lead: identical jobs must not wait on a job that was never stored
+            store.redis.eval(_RELEASE, 1, inflight, job.id)
+        raise
     if created and job.shared_run_of:
         store.metrics.inc(CACHE_SHARED, (job.type.value, job.model))
     elif created and following:

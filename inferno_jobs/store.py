@@ -168,8 +168,12 @@ class JobStore:
 
     def create(self, job: Job, idempotency: tuple[str, str] | None = None, *,
                settle: Callable[[Job], None] | None = None,
-               publish: Callable[[Job], list[tuple[str, tuple]]] | None = None) -> tuple[Job, bool]:
+               publish: Callable[[Job], list[tuple[str, tuple]]] | None = None,
+               guard: atomic.Guard | None = None) -> tuple[Job, bool]:
         """Store a new queued job; returns ``(job, created)``.
+
+        ``guard`` (an :class:`atomic.Guard`, e.g. the admission checks of inferno_jobs/admission.py) runs first in
+        the same atomic call; when it refuses, nothing is stored and :class:`atomic.Refused` is raised.
 
         ``publish(job)`` gives the Redis commands of the job's Celery message (``workers.celery_app.
         run_job_commands``): they run in the transaction that stores the job, so a job is never kept without its
@@ -238,9 +242,9 @@ class JobStore:
                 if stored.status is JobStatus.QUEUED:  # its position, read in the same transaction
                     position = self.read_position(writes, stored)
                     stored.created_position = position.decode(
-                        atomic.execute(writes, position.size, unchanged=read))
+                        atomic.execute(writes, position.size, unchanged=read, guard=guard))
                 else:
-                    atomic.execute(writes, unchanged=read)
+                    atomic.execute(writes, unchanged=read, guard=guard)
                 return stored, True
             except redis.WatchError:
                 continue

@@ -23,21 +23,36 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class RecordingCelery:
-    """Stands in for Celery in unit tests: records what would have been sent."""
+    """Stands in for Celery in unit tests: records what was sent. A new job's message (``message_commands``) counts
+    as sent only once its commands ran in the job's transaction, as a real one is published only then: they set a
+    marker key in ``redis`` (the app's, given by ``make_app``)."""
 
-    def __init__(self):
-        self.sent: list[dict] = []
+    def __init__(self, redis=None):
+        self.redis = redis
+        self._calls: list[tuple[str | None, dict]] = []  # (marker key of a stored message, or None; the send)
         self.fail = False
+
+    @property
+    def sent(self) -> list[dict]:
+        return [entry for marker, entry in self._calls
+                if marker is None or (self.redis is not None and self.redis.exists(marker))]
+
+    def clear(self) -> None:
+        """Forget what was sent so far."""
+        self._calls.clear()
 
     def send_task(self, name, args=None, kwargs=None, **options):
         if self.fail:
             raise ConnectionError("broker unreachable")
-        self.sent.append({"name": name, "args": args, "kwargs": kwargs, **options})
+        self._calls.append((None, {"name": name, "args": args, "kwargs": kwargs, **options}))
 
     def message_commands(self, name, **options):
-        """As ``workers.message.MessageCollector.commands``: recorded as sent, no Redis command to store."""
-        RecordingCelery.send_task(self, name, **options)
-        return []
+        """As ``workers.message.MessageCollector.commands``: the commands that store the message (here, a marker)."""
+        if self.fail:
+            raise ConnectionError("broker unreachable")
+        marker = f"test-celery:message:{uuid.uuid4().hex}"
+        self._calls.append((marker, {"name": name, **options}))
+        return [("set", (marker, "1"))]
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +104,7 @@ def make_app(fake_redis, celery_stub, settings):
 
     def build(**overrides):
         merged = Settings.from_env({}, **{**settings.__dict__, **overrides})
+        celery_stub.redis = fake_redis
         return create_app(merged, redis_client=fake_redis, celery=celery_stub)
     return build
 

@@ -13,6 +13,12 @@ pytestmark = pytest.mark.integration
 
 _BUMP = atomic.nestable("redis.call('INCRBY', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])")
 _NOTHING = atomic.nestable("redis.call('SET', KEYS[1], 'x')")  # no return: its reply is nil
+# A guard: refuses ({0, count}) once KEYS[1] holds ARGV[1] members.
+_AT_MOST = atomic.nestable("""
+local n = redis.call('SCARD', KEYS[1])
+if n >= tonumber(ARGV[1]) then return {0, n} end
+return {1, n}
+""")
 
 
 def test_commands_run_in_order_with_nested_scripts_and_the_last_replies(live_redis):
@@ -66,6 +72,32 @@ def test_unchanged_keys_let_the_writes_run(live_redis):
     writes.incr("n")
     writes.get("n")
     assert atomic.execute(writes, 1, unchanged={"n": b"5", "absent": None}) == [b"6"]
+
+
+def test_a_guard_decides_in_the_same_call_whether_the_writes_run(live_redis):
+    def add(member):
+        writes = live_redis.pipeline(transaction=False)
+        writes.sadd("members", member)
+        writes.scard("members")
+        guard = atomic.Guard(_AT_MOST, ["members"], [2])
+        return guard, atomic.execute(writes, 1, guard=guard)
+
+    guard, replies = add("a")
+    assert guard.reply == [1, 0] and replies == [1]
+    guard, replies = add("b")
+    assert guard.reply == [1, 1] and replies == [2]
+    with pytest.raises(atomic.Refused) as refused:
+        add("c")
+    assert refused.value.reply == [0, 2]
+    assert live_redis.smembers("members") == {b"a", b"b"}
+
+
+def test_a_guard_must_be_declared_too(live_redis):
+    writes = live_redis.pipeline(transaction=False)
+    writes.set("e", "1")
+    with pytest.raises(ValueError, match="nestable"):
+        atomic.execute(writes, guard=atomic.Guard("return {1}"))
+    assert live_redis.get("e") is None
 
 
 def test_no_other_client_sees_half_of_it(live_redis):

@@ -69,7 +69,7 @@ class InlineCelery(RecordingCelery):
     worker process would (``run = False`` leaves them queued, as with no worker)."""
 
     def __init__(self, store: JobStore, models: ModelRepository):
-        super().__init__()
+        super().__init__(store.redis)
         self.store, self.models, self.run = store, models, True
         self._one_at_a_time = threading.Lock()  # as one worker process runs its tasks
 

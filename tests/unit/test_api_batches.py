@@ -184,7 +184,7 @@ def test_retry_makes_a_batch_of_the_failed_lines_keeping_custom_ids(client, cele
     batch = upload(client, data, model="iris").get_json()
     assert client.post(f"/batches/{batch['id']}/retry").status_code == 409  # still running
     run_all(batches, celery_stub)
-    celery_stub.sent.clear()
+    celery_stub.clear()
     r = client.post(f"/batches/{batch['id']}/retry")
     assert r.status_code == 202, r.get_json()
     child = r.get_json()

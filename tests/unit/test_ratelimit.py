@@ -91,6 +91,27 @@ def test_full_queues_answer_503_with_retry_after(make_app, fake_redis):
     assert full.get_json()["error"]["details"]["reason"] == "queue_full"
 
 
+def test_a_refused_submission_leaves_nothing_behind(make_app, fake_redis, celery_stub):
+    """The capacity checks run in the transaction that stores the job (inferno_jobs/admission.py): a refused job
+    has no record, no index entry, no message and no idempotency key, and a later retry with the key succeeds."""
+    app = make_app(max_queue_depth=1)
+    client = app.test_client()
+    assert client.post("/jobs", json=IRIS).status_code == 202
+    keys_before, sent_before = set(fake_redis.keys()), len(celery_stub.sent)
+    for headers in ({}, {"Idempotency-Key": "retry-me"}):
+        refused = client.post("/jobs", json={**IRIS, "input": {"features": [[1, 2, 3, 4]]}}, headers=headers)
+        assert refused.status_code == 503 and refused.get_json()["error"]["details"]["depth"] == 1
+    new_keys = {k.decode() for k in set(fake_redis.keys()) - keys_before}
+    assert all(":metrics:" in k for k in new_keys), new_keys  # only the refusal counters
+    assert len(celery_stub.sent) == sent_before
+    store = app.extensions["inferno"].store
+    [queued] = store.list("local")[0]
+    store.cancel(queued.id)
+    again = client.post("/jobs", json={**IRIS, "input": {"features": [[1, 2, 3, 4]]}},
+                        headers={"Idempotency-Key": "retry-me"})
+    assert again.status_code == 202 and len(celery_stub.sent) == sent_before + 1
+
+
 def test_auth_disabled_is_not_throttled_unless_limits_per_ip_are_on(make_app):
     client = make_app(rate_limit_rpm=3).test_client()
     for _ in range(5):

@@ -129,7 +129,7 @@ def queued_events(app, celery_stub) -> list[dict]:
     sent = [t for t in celery_stub.sent if t["name"] == DELIVER_WEBHOOK]
     assert all(t["queue"] == WEBHOOK_QUEUE for t in sent)
     events = [t["args"][0] for t in sent]
-    celery_stub.sent.clear()
+    celery_stub.clear()
     return events
 
 
@@ -352,7 +352,7 @@ def test_cancel_hands_the_canceled_event_over_at_once(app, celery_stub, receiver
     rx = receiver()
     client = app.test_client()
     job_id = client.post("/jobs", json={**IRIS, "webhook_url": rx.url}).get_json()["id"]
-    celery_stub.sent.clear()
+    celery_stub.clear()
     assert client.post(f"/jobs/{job_id}/cancel").status_code == 200
     [task] = [t for t in celery_stub.sent if t["name"] == DELIVER_WEBHOOK]
     assert task["args"][0]["type"] == "job.canceled" and task["queue"] == WEBHOOK_QUEUE
