@@ -1,7 +1,8 @@
 """Per-request log context and one access-log line per request (docs/operations.md#logs).
 
 Every line logged while a request is handled carries its ``request_id`` (and, once known, its ``tenant``); the
-request's own line adds ``method``, ``path``, ``status`` and ``duration_ms``.
+request's own line adds ``method``, ``path``, ``status`` and ``duration_ms``, and for a request that created jobs
+``job_id``, ``model``, ``priority`` and ``type`` of the first (``job_ids`` lists them all when there are several).
 """
 
 from __future__ import annotations
@@ -31,10 +32,18 @@ def init_app(app: Flask) -> None:
     def _log(response):
         started = g.get("_started")
         level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
-        log.log(level, "request", extra={
-            "method": request.method, "path": request.path, "status": response.status_code,
-            "duration_ms": round((time.monotonic() - started) * 1000, 2) if started else None,
-            "tenant": g.get("tenant"), "remote_addr": request.remote_addr})
+        extra = {"method": request.method, "path": request.path, "status": response.status_code,
+                 "duration_ms": round((time.monotonic() - started) * 1000, 2) if started else None,
+                 "tenant": g.get("tenant"), "remote_addr": request.remote_addr}
+        jobs = g.get("created_jobs")
+        if jobs:  # the jobs it created (api.jobs.submit): one line per request, not one more per job
+            first = jobs[0]
+            extra.update(job_id=first.id, model=first.model, priority=first.priority.value, type=first.type.value)
+            if first.batch_id:
+                extra["batch_id"] = first.batch_id
+            if len(jobs) > 1:
+                extra["job_ids"] = [job.id for job in jobs]
+        log.log(level, "request", extra=extra)
         return response
 
     @app.teardown_request

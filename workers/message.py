@@ -63,6 +63,7 @@ class MessageCollector:
     def __init__(self, celery: Celery):
         self.celery = celery
         self._local = threading.local()
+        self._queues: dict[str, object] = {}
 
     def _producer(self):
         producer = getattr(self._local, "producer", None)
@@ -77,6 +78,11 @@ class MessageCollector:
         producer = self._producer()
         if not producer.supports_batch_publish:  # it would be sent at once (kombu before 5.7, another transport)
             raise RuntimeError("the broker transport cannot defer a publish (kombu 5.7+ on Redis can)")
+        queue = options.get("queue")
+        if isinstance(queue, str):
+            # The Queue itself, as Celery allows: given its name, Celery's router and publisher each look it up
+            # through the aliases first, which costs a KeyError raised and caught twice per send.
+            options["queue"] = self._queues.get(queue) or self._queues.setdefault(queue, self.celery.amqp.queues[queue])
         channel = producer.channel  # the _CollectingChannel
         channel.commands = []
         with producer.batch():

@@ -87,7 +87,9 @@ def test_one_request_id_from_api_to_worker_to_webhook_and_metrics_move(live_sett
         api_lines = [json.loads(x) for x in api_log.getvalue().splitlines() if x.startswith("{")]
         submitted = [x for x in api_lines if x.get("job_id") == job_id]
         assert submitted and all(x["request_id"] == "req-ops-1" for x in submitted)
-        assert any(x["message"] == "request" and x.get("status") == 202 for x in api_lines)
+        [request_line] = [x for x in submitted if x["message"] == "request"]  # one line per request, naming its job
+        assert request_line["status"] == 202 and request_line["model"] == "iris" and request_line["path"] == "/jobs"
+        assert request_line["priority"] == "normal" and request_line["type"] == "predict"
 
         def lines(process, message):
             found = []

@@ -3,6 +3,8 @@ validation table in the native error shape, and GET /jobs/<id>/events."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from tests.unit.compat_fixtures import TOKENS, app_of, compat_models, inline, sse_events  # noqa: F401
@@ -117,3 +119,14 @@ def test_job_events_stream_status_changes_and_tokens(seed):
     assert [e["status"] for e in events if "status" in e and "object" not in e] == ["queued", "running", "succeeded"]
     assert events[-1]["object"] == "job" and events[-1]["result"]["text"] == "".join(TOKENS)
     assert seed.get("/jobs/job_nope/events").status_code == 404
+
+
+def test_the_request_log_line_names_the_jobs_a_request_created(seed, inline, caplog):
+    """One access-log line per request (api/access_log.py), with the job it created, or all of them."""
+    with caplog.at_level(logging.INFO, logger="inferno.access"):
+        one = seed.post("/predict/async", json={"model": "iris", "features": [[0.1, 0.2, 0.3, 0.4]]}).get_json()
+        seed.post("/predict/batch", json={"model": "iris", "batch": [[[0.1, 0.2, 0.3, 0.4]]] * 3})
+    single, batch = [r for r in caplog.records if r.name == "inferno.access" and r.getMessage() == "request"]
+    assert single.path == "/predict/async" and single.job_id == one["job_id"] and single.model == "iris"
+    assert single.priority == "normal" and single.type == "predict" and not hasattr(single, "job_ids")
+    assert batch.path == "/predict/batch" and len(batch.job_ids) == 3 and batch.job_id == batch.job_ids[0]
