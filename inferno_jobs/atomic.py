@@ -13,7 +13,8 @@ Optimistic locking comes with it: ``unchanged={key: value_read}`` makes the call
 Commands are queued as on any pipeline (``writes.set(...)``, ``writes.zadd(...)``): the code that builds a
 transaction does not change. A script queued among them (``writes.eval(text, ...)``) runs too, as a Lua function
 of the runner (a script cannot call ``EVAL``), when its text was declared with :func:`nestable` first; an
-undeclared one is refused before anything is sent.
+undeclared one is refused before anything is sent. As in ``MULTI``, a command that fails when it runs (a wrong
+type) does not undo the ones before it; the commands queued here are built by code, not by callers.
 """
 
 from __future__ import annotations

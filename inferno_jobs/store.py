@@ -25,8 +25,8 @@ from inferno_jobs.reads import Read
 
 
 # A job that may lead identical requests in flight ended (docs/cache.md): free its in-flight key, and list it for
-# resultcache.settle() only when followers wait on it (a follower joins under WATCH of its leader's record, so none
-# can join after this). KEYS: in-flight key, followers, settle list. ARGV: job id.
+# resultcache.settle() only when followers wait on it (a follower joins only while its leader's record is unchanged
+# since it read it, atomic.py's ``unchanged``, so none can join after this). KEYS: in-flight key, followers, settle list. ARGV: job id.
 _LEADER_ENDED = atomic.nestable("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 if redis.call('SCARD', KEYS[2]) > 0 then redis.call('LPUSH', KEYS[3], ARGV[1]) end
