@@ -50,14 +50,12 @@ def run(ctx) -> list[Row]:
     # with the threads a pool child gets (cores / concurrency), which is what each worker child runs.
     # Each is the best of a measurement before and one after the system run: a raw rate that something else on
     # the machine slowed down for a moment would flatter the ratio (two threads on two cores suffer most).
-    whole = Engine(stack.settings, pool="cpu", processes=1)
-    runner = whole.runner("minilm")
-    child = Engine(stack.settings, pool="cpu", processes=stack.concurrency)
-    child_runner = child.runner("minilm")
+    engines = (Engine(stack.settings, pool="cpu", processes=1),
+               Engine(stack.settings, pool="cpu", processes=stack.concurrency))
+    whole, child = (engine.runner("minilm") for engine in engines)
 
     def measure_raw() -> tuple[float, float, float]:
-        return (_raw(runner, texts[:n_raw // 4], 1), _raw(runner, texts[:n_raw], 64),
-                _raw(child_runner, texts[:n_raw], 64))
+        return (_raw(whole, texts[:n_raw // 4], 1), _raw(whole, texts[:n_raw], 64), _raw(child, texts[:n_raw], 64))
     before = measure_raw()
 
     body = lambda i: {"type": "embedding", "model": "minilm", "input": {"input": texts[i % len(texts)]}}  # noqa: E731
@@ -71,7 +69,6 @@ def run(ctx) -> list[Row]:
     succeeded = sum(j.status.value == "succeeded" for j in jobs)
     system = total / (max(j.finished_at or 0 for j in jobs) - result.started)
     raw1, raw64, raw64_child = (max(pair) for pair in zip(before, measure_raw()))
-    del whole, child, runner, child_runner
     threads = Engine(stack.settings, processes=1).threads
     return [
         Row("embeddings", "raw ORT minilm, batch 1", raw1, "texts/s",

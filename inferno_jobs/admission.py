@@ -74,9 +74,9 @@ def guard(keys: Keyspace, request: Request, clock=time.time) -> atomic.Guard:
     """The admission of ``request`` as the guard of an atomic transaction (``atomic.execute(guard=...)``).
 
     ``clock`` is the circuit breaker's (Unix seconds; tests move it)."""
-    own = [keys.queued(q) for q in pool_queues(request.pool)]
-    others = [keys.queued(q) for q in all_queues() if q not in pool_queues(request.pool)] \
-        if request.in_flight_limit else []
+    pool = pool_queues(request.pool)
+    own = [keys.queued(q) for q in pool]
+    others = [keys.queued(q) for q in all_queues() if q not in pool] if request.in_flight_limit else []
     model = request.model or ""
     return atomic.Guard(
         SCRIPT,

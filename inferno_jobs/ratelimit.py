@@ -4,7 +4,8 @@ Three fixed windows per subject (an API key id, or ``ip:<address>`` when auth is
 ``INFERNO_RATE_LIMIT_BY_IP`` is on): requests per minute, requests per hour and estimated tokens per minute. One
 Lua script checks every window and, only if all allow it, counts the request in all of them, so concurrent requests
 on several replicas can never overshoot a limit. The fourth limit, concurrent jobs, counts a tenant's queued and
-running jobs (``JobStore.active_count``) when a job is submitted. A limit of 0 means no limit.
+running jobs (its active set, in the admission script of inferno_jobs/admission.py) when a job is submitted. A
+limit of 0 means no limit.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from inferno_jobs.job import EVENT_FOR_STATUS, Job, JobStatus, new_id, now, tran
 from inferno_jobs.job import retry as requeue
 from inferno_jobs.keyspace import Keyspace
 from inferno_jobs.metrics import Metrics
-from inferno_jobs.queue import PRIORITY_ORDER, all_queues, queue_name
+from inferno_jobs.queue import PRIORITY_ORDER, queue_name
 from inferno_jobs.reads import Read
 
 
@@ -530,18 +530,6 @@ class JobStore:
         """Up to ``limit`` queued job ids of ``queue`` in the order workers claim them (fair share)."""
         return fairshare.next_ids(self.redis, self.keys, queue, limit)
 
-    def active_count(self, tenant: str) -> int:
-        """How many of a tenant's jobs are queued or running (its concurrency, for the rate limiter)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            return reads.run(pipe, [self.read_active_count(pipe, tenant)])[0]
-
-    def read_active_count(self, pipe, tenant: str) -> Read:
-        """:meth:`active_count` as a read on ``pipe``."""
-        key = self.keys.tenant_active(tenant)
-        pipe.zremrangebyscore(key, "-inf", now())  # entries of jobs that left retention unfinished
-        pipe.zcard(key)
-        return Read(2, lambda replies: int(replies[1]))
-
     def queue_depth(self, queue: str) -> int:
         """How many jobs wait in ``queue``."""
         return self.redis.zcard(self.keys.queued(queue))
@@ -556,19 +544,6 @@ class JobStore:
         for queue in queues:
             pipe.zcard(self.keys.queued(queue))
         return Read(len(queues), list)
-
-    def in_flight(self) -> int:
-        """How many jobs are queued or running, deployment-wide, in one round trip (for throttling)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            return reads.run(pipe, [self.read_in_flight(pipe)])[0]
-
-    def read_in_flight(self, pipe) -> Read:
-        """:meth:`in_flight` as a read on ``pipe``."""
-        queues = all_queues()
-        for queue in queues:
-            pipe.zcard(self.keys.queued(queue))
-        pipe.zcard(self.keys.running_leases())
-        return Read(len(queues) + 1, sum)
 
 
 __all__ = ["JobStore", "IllegalTransition"]

@@ -45,11 +45,12 @@ def test_store_retry_restores_every_queued_index(fake_redis, settings):
     j = store.create(job())[0]
     store.claim(j.id, "w:1")
     store.finish(j.id, JobStatus.TIMED_OUT, error={"code": "TIMEOUT", "message": "slow"})
-    assert store.queue_depth(LOW) == 0 and store.active_count("t") == 0
+    active = store.keys.tenant_active("t")  # the tenant's concurrency index
+    assert store.queue_depth(LOW) == 0 and fake_redis.zcard(active) == 0
     again = store.retry(j.id, "t")
     assert again.status is JobStatus.QUEUED and store.get(j.id).attempts[0].outcome == "timed_out"
     assert store.queue_depth(LOW) == 1 and store.next_queued(LOW, 5) == [j.id]
-    assert store.waiting("iris", 5) == [j.id] and store.active_count("t") == 1
+    assert store.waiting("iris", 5) == [j.id] and fake_redis.zcard(active) == 1
     assert store.queue_position(again) == 0
     assert store.claim(j.id, "w:2").attempts[-1].worker == "w:2"
 
