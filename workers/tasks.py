@@ -63,11 +63,14 @@ def run_job(self, job_id: str, model: str | None = None, **labels) -> list[dict]
                                process=runner.worker, models=runtime.engine.loaded())
         except Exception:
             log.exception("worker stats not recorded")
-    try:  # the result cache: settle the jobs that shared these runs (docs/cache.md)
-        shared = resultcache.settle(runtime.store, lambda job: enqueue(app, job))
-    except Exception:  # a job's outcome never depends on the cache; the reconciler settles what is left
-        log.exception("result cache not updated")
-        shared = []
+    shared = []
+    # The result cache: settle the jobs that shared these runs (docs/cache.md). Only a job that may have led
+    # identical ones can have followers; the reconciler settles any other leader's, each tick.
+    if any(job.cache_key and not job.shared_run_of for job in finished):
+        try:
+            shared = resultcache.settle(runtime.store, lambda job: enqueue(app, job))
+        except Exception:  # a job's outcome never depends on the cache; the reconciler settles what is left
+            log.exception("result cache not updated")
     for job in finished:
         last = job.attempts[-1] if job.attempts else None
         log.info("job finished", extra={
