@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 
 from flask import Blueprint, g, jsonify, request, url_for
 
@@ -20,7 +19,6 @@ from inferno_jobs.schemas import JobList, JobListQuery, JobRequest, JobResponse,
 from inferno_jobs.ssrf import NetworkGuard
 
 bp = Blueprint("jobs", __name__)
-log = logging.getLogger(__name__)
 
 
 def position_of(job: Job) -> int | None:

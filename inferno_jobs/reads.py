@@ -1,8 +1,9 @@
 """Reads queued on a caller's pipeline, so that several of them share one Redis round trip.
 
-A module that reads something Redis keeps (a queue's depth, a circuit breaker's verdict) offers it as a
+A read of something Redis keeps (a job's queue position: ``JobStore.read_position``) is offered as a
 :class:`Read`: it queues its commands on the pipeline it is given and says how many replies they take and what to
-make of them. :func:`run` executes the pipeline once and hands each read its own replies, in order.
+make of them. :func:`run` executes the pipeline once and hands each read its own replies, in order (a page of
+``GET /jobs`` reads every position in one round trip; a new job's is read in the script call that stores it).
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ from inferno_jobs.reads import Read
 
 # A job that may lead identical requests in flight ended (docs/cache.md): free its in-flight key, and list it for
 # resultcache.settle() only when followers wait on it (a follower joins only while its leader's record is unchanged
-# since it read it, atomic.py's ``unchanged``, so none can join after this). KEYS: in-flight key, followers, settle list. ARGV: job id.
+# since it read it, atomic.py's ``unchanged``, so none can join after this). KEYS: in-flight key, followers, settle
+# list. ARGV: job id.
 _LEADER_ENDED = atomic.nestable("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 if redis.call('SCARD', KEYS[2]) > 0 then redis.call('LPUSH', KEYS[3], ARGV[1]) end
@@ -262,8 +263,9 @@ class JobStore:
 
     def mutate_many(self, job_ids: list[str], change: Callable[[Job], bool | None]) -> list[Job]:
         """:meth:`mutate` for several jobs in one transaction (one MGET, then one script call that writes only if
-        none of them changed meanwhile): how a micro-batch claims and finishes its jobs without a round trip per job. Jobs that no longer exist are
-        left out of the returned list; the others come back in order, changed or not."""
+        none of them changed meanwhile): how a micro-batch claims and finishes its jobs without a round trip per
+        job. Jobs that no longer exist are left out of the returned list; the others come back in order, changed or
+        not."""
         keys = [self.keys.job(i) for i in job_ids]
         while True:
             raws = self.redis.mget(keys)
@@ -537,13 +539,9 @@ class JobStore:
     def queue_depths(self, queues: list[str]) -> list[int]:
         """How many jobs wait in each of ``queues``, in one round trip."""
         with self.redis.pipeline(transaction=False) as pipe:
-            return reads.run(pipe, [self.read_queue_depths(pipe, queues)])[0]
-
-    def read_queue_depths(self, pipe, queues: list[str]) -> Read:
-        """:meth:`queue_depths` as a read on ``pipe``."""
-        for queue in queues:
-            pipe.zcard(self.keys.queued(queue))
-        return Read(len(queues), list)
+            for queue in queues:
+                pipe.zcard(self.keys.queued(queue))
+            return pipe.execute()
 
 
 __all__ = ["JobStore", "IllegalTransition"]

@@ -82,7 +82,9 @@ class MessageCollector:
         if isinstance(queue, str):
             # The Queue itself, as Celery allows: given its name, Celery's router and publisher each look it up
             # through the aliases first, which costs a KeyError raised and caught twice per send.
-            options["queue"] = self._queues.get(queue) or self._queues.setdefault(queue, self.celery.amqp.queues[queue])
+            if queue not in self._queues:
+                self._queues[queue] = self.celery.amqp.queues[queue]
+            options["queue"] = self._queues[queue]
         channel = producer.channel  # the _CollectingChannel
         channel.commands = []
         with producer.batch():
