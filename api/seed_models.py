@@ -85,6 +85,9 @@ SCHEMAS: dict = {"SeedModelLoad": SeedModelLoad, "SeedModelLoadResponse": SeedMo
 def resolve_model_path(model_path: str) -> ModelConfig:
     """The model a seed ``model_path`` names: ``iris``, ``iris/model.onnx``, ``<MODEL_DIR>/iris`` or an absolute
     path inside MODEL_DIR. A path outside MODEL_DIR is a 400; a path to nothing is a 404 ``MODEL_NOT_FOUND``."""
+    if "\x00" in model_path:  # no file has such a name (and the OS refuses to look one up)
+        raise InvalidRequest("model_path must not contain a NUL character",
+                             details={"field": "model_path"})
     root = services().settings.model_dir.resolve()
     given = Path(model_path)
     candidates = [given] if given.is_absolute() else [root / given, Path.cwd() / given]

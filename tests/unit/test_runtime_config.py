@@ -274,6 +274,7 @@ def test_seed_load_answers_202_while_workers_are_still_loading(seed_client):
 @pytest.mark.parametrize("body, status, code", [
     ({"model_path": "../../etc/passwd"}, 400, "INVALID_REQUEST"),
     ({"model_path": "/etc"}, 400, "INVALID_REQUEST"),
+    ({"model_path": "iris\u0000"}, 400, "INVALID_REQUEST"),  # found by schemathesis: was a 500
     ({"model_path": "no-such-model"}, 404, "MODEL_NOT_FOUND"),
     ({"model_path": "iris", "model_type": "embedding"}, 400, "INVALID_REQUEST"),
     ({"model_path": "iris", "model_type": "pytorch"}, 400, "INVALID_REQUEST"),
