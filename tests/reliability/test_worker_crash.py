@@ -38,7 +38,8 @@ def test_sigkill_of_the_whole_worker_with_200_jobs_in_flight_loses_none(
     worker = start_worker(settings)
     ids = submit_many(api, {"type": "predict", "model": medium_model, "input": {"features": [[1, 2, 3, 4]]}}, JOBS)
     wait_for(lambda: sum(store.get(i).status.value == "succeeded" for i in ids[:60]) >= 20, 60)
-    running_at_kill = set(store.running())
+    # Killed at a moment a job runs: sampled until one does (both children may be between jobs at one instant).
+    running_at_kill = wait_for(lambda: set(store.running()), 10, interval_s=0.001)
     worker.stop(signal.SIGKILL)  # os.killpg: the main process, its pool children, everything at once
     assert running_at_kill, "no job was running when the worker was killed"
     finished_at_kill = sum(store.get(i).status.terminal for i in ids)
