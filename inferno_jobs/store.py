@@ -519,14 +519,17 @@ class JobStore:
         ids = self.redis.zrange(self.keys.running_leases(), 0, -1)
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
-    def peek(self, job_id: str, queue: str, limit: int) -> tuple[Job | None, list[str]]:
-        """The job ``job_id`` (None if it is gone) and :meth:`next_queued` of ``queue``, in one round trip."""
+    def peek(self, job_id: str, queue: str, limit: int) -> tuple[Job | None, list[str], set[str]]:
+        """The job ``job_id`` (None if it is gone), :meth:`next_queued` of ``queue`` and the paused queues
+        (inferno_jobs/control.py), in one round trip: what a worker reads first for each message."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(self.keys.job(job_id))
             pipe.zrange(self.keys.fair_queue(queue), 0, limit - 1)
-            raw, ids = pipe.execute()
+            pipe.smembers(self.keys.paused_queues())
+            raw, ids, paused = pipe.execute()
         return (Job.from_dict(loads(raw)) if raw is not None else None,
-                [i.decode() if isinstance(i, bytes) else i for i in ids])
+                [i.decode() if isinstance(i, bytes) else i for i in ids],
+                {q.decode() if isinstance(q, bytes) else q for q in paused})
 
     def next_queued(self, queue: str, limit: int) -> list[str]:
         """Up to ``limit`` queued job ids of ``queue`` in the order workers claim them (fair share)."""

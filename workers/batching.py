@@ -52,6 +52,11 @@ def owner_alive(owner: str) -> bool:
     return True
 
 
+class QueuePaused(Exception):
+    """The queue of the message being run was paused after the worker took it: nothing runs, and the message goes
+    back to its queue (``workers/tasks.py``)."""
+
+
 class BatchRunner:
     """Runs a job and the queued jobs of its model that can join it.
 
@@ -76,6 +81,7 @@ class BatchRunner:
         self.model_config = model_config
         self.engine_config = engine_config
         self.worker = worker_identity()
+        self.paused: set[str] | None = None  # the paused queues, as read with the message's job (claim_first)
 
     def claim(self, job_id: str) -> Job | None:
         """Claim ``job_id`` for this process (None if this delivery must not run it)."""
@@ -89,12 +95,15 @@ class BatchRunner:
         itself unless another tenant's job is due first. Every queued job has sent one message, so each one still
         runs; a message whose job already runs (another ticket took it), ran (in a micro-batch) or was canceled
         runs the queue's next job instead, or nothing when the queue is empty. ``queue``, the queue the message
-        came from, lets the job and the queue's next ids be read in one round trip.
+        came from, lets the job, the queue's next ids and the paused queues be read in one round trip; a message
+        of a paused queue raises :class:`QueuePaused`.
         """
         if queue is not None:
-            job, candidates = self.store.peek(job_id, queue, 8)
+            job, candidates, self.paused = self.store.peek(job_id, queue, 8)
             if job is None:
                 return None
+            if queue in self.paused:
+                raise QueuePaused(queue)
         else:
             try:
                 job = self.store.get(job_id)
@@ -132,7 +141,8 @@ class BatchRunner:
             return jobs
         deadline = time.monotonic() + wait_ms / 1000
         # Jobs of a paused queue stay where they are (inferno_jobs/control.py).
-        skip = paused_priorities(QueueControl(self.store).paused(), first.pool)
+        paused = self.paused if self.paused is not None else QueueControl(self.store).paused()
+        skip = paused_priorities(paused, first.pool)
         head = self.store.most_urgent_waiting(model.name, skip)
         urgent = first.priority if head is None or rank(first.priority) <= rank(head) else head
         skip = skip | {p.value for p in PRIORITY_ORDER if p is not urgent}

@@ -8,10 +8,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from inferno_jobs import resultcache
-from inferno_jobs.control import QueueControl
 from inferno_jobs.delivery import dispatch_outbox
 from inferno_jobs.metrics import record_worker_jobs
-from workers.batching import BatchRunner
+from workers.batching import BatchRunner, QueuePaused
 from workers.celery_app import RUN_JOB, app, enqueue
 from workers.runtime import runtime
 from workers import telemetry  # noqa: F401  (JSON logs, per-task log context, tracing)
@@ -46,16 +45,17 @@ def run_job(self, job_id: str, model: str | None = None, **labels) -> list[dict]
     ``model`` and ``labels`` (``tenant``, ``priority``) only label the task for Flower and the logs.
     """
     queue = (self.request.delivery_info or {}).get("routing_key")
-    if queue and queue in QueueControl(runtime.store).paused():
-        # Taken just before this worker stopped consuming the paused queue: back to it, nothing runs.
-        raise self.retry(countdown=PAUSED_RETRY_S)
     # The engine's repository: model configs are read once per change of config.json, not once per task.
     runner = BatchRunner(runtime.store, runtime.engine.run, model_config=runtime.engine.repository.get,
                          engine_config=runtime.engine_config, timeout_errors=(SoftTimeLimitExceeded,),
                          engine_stream=runtime.engine.stream,
                          remember=lambda jobs, outcomes: resultcache.remember(runtime.store, runtime.engine_config(),
                                                                               jobs, outcomes))
-    finished = runner.run(job_id, queue)
+    try:
+        finished = runner.run(job_id, queue)
+    except QueuePaused:
+        # Taken just before this worker stopped consuming the paused queue: back to it, nothing runs.
+        raise self.retry(countdown=PAUSED_RETRY_S)
     if finished:
         runtime.report_loaded(runner.worker)
         try:  # GET /workers: per-node jobs done, errors, run time

@@ -7,7 +7,9 @@ from inferno_jobs.errors import InvalidRequest
 from inferno_jobs.job import Job, JobStatus, JobType, Priority
 from inferno_jobs.model import ModelRepository
 from inferno_jobs.store import JobStore
-from workers.batching import BatchRunner, owner_alive
+from inferno_jobs.control import QueueControl
+from inferno_jobs.queue import queue_name
+from workers.batching import BatchRunner, QueuePaused, owner_alive
 from workers.engine import Engine
 
 
@@ -96,6 +98,25 @@ def test_a_duplicate_delivery_is_a_no_op(store, settings):
     runner(store, settings, engine).run(job.id)
     assert runner(store, settings, engine).run(job.id) == []
     assert engine.calls == [1] and len(store.get(job.id).attempts) == 1
+
+
+def test_a_message_of_a_paused_queue_runs_nothing_and_a_batch_skips_paused_queues(store, settings):
+    high_queue = queue_name("cpu", Priority.HIGH)
+    high = new(store, [[5.1, 3.5, 1.4, 0.2]], priority=Priority.HIGH)
+    normal = new(store, [[5.1, 3.5, 1.4, 0.2]])
+    QueueControl(store).pause(high_queue)
+    engine = CountingEngine(settings)
+    # The paused set is read with the message's job (one round trip): the message goes back, nothing is claimed.
+    with pytest.raises(QueuePaused):
+        runner(store, settings, engine).run(high.id, high_queue)
+    assert store.get(high.id).status is JobStatus.QUEUED and engine.calls == []
+    # A message of a running queue runs its job; its micro-batch, which would take the more urgent high job,
+    # leaves that paused queue's job where it is.
+    assert [j.id for j in runner(store, settings, engine).run(normal.id, queue_name("cpu", Priority.NORMAL))] \
+        == [normal.id]
+    assert store.get(high.id).status is JobStatus.QUEUED and engine.calls == [1]
+    QueueControl(store).resume(high_queue)
+    assert [j.id for j in runner(store, settings, engine).run(high.id, high_queue)] == [high.id]
 
 
 def test_unknown_model_fails_the_job_with_model_not_found(store, settings):
