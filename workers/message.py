@@ -88,6 +88,7 @@ class MessageCollector:
         channel = producer.channel  # the _CollectingChannel
         channel.commands = []
         with producer.batch():
-            self.celery.send_task(name, producer=producer, **options)
+            # retry=False: nothing here touches the network, so kombu's retrying wrapper would only cost time.
+            self.celery.send_task(name, producer=producer, retry=False, **options)
         commands, channel.commands = channel.commands, []
         return commands
