@@ -19,7 +19,7 @@ from inferno_jobs import atomic, fairshare, paging, reads
 from inferno_jobs.job import EVENT_FOR_STATUS, Job, JobStatus, new_id, now, transition
 from inferno_jobs.job import retry as requeue
 from inferno_jobs.keyspace import Keyspace
-from inferno_jobs.metrics import Metrics
+from inferno_jobs.metrics import Metrics, Tally
 from inferno_jobs.queue import PRIORITY_ORDER, queue_name
 from inferno_jobs.reads import Read
 
@@ -135,8 +135,9 @@ class JobStore:
         """When a queued job must have ended at the latest: its entry in the tenant's concurrency count expires."""
         return job.expires_at + job.timeout_s * self.settings.max_attempts + 60
 
-    def _write(self, pipe, job: Job, before: JobStatus | None) -> None:
-        """Queue the writes that store ``job`` and keep every index in step with its status."""
+    def _write(self, pipe, job: Job, before: JobStatus | None, tally: Tally | None = None) -> None:
+        """Queue the writes that store ``job`` and keep every index in step with its status; its metric moves go
+        to ``tally`` when given (to be merged with other jobs' and flushed into ``pipe`` by the caller)."""
         keys = self.keys
         pipe.set(keys.job(job.id), dumps(job.to_dict()), ex=self._expiry_s(job))
         if job.status is not before:  # the job's event stream hears of every status change, in this transaction
@@ -153,7 +154,7 @@ class JobStore:
             (fairshare.start if job.status is JobStatus.RUNNING else fairshare.leave)(pipe, keys, job)
         if job.status.terminal:
             pipe.zrem(keys.tenant_active(job.tenant), job.id)
-        self.metrics.record_transition(pipe, job, before)
+        self.metrics.record_transition(pipe if tally is None else tally, job, before)
         if job.status is JobStatus.RUNNING:
             pipe.zadd(keys.running_leases(), {job.id: job.lease_expires_at or now()})
         elif before is JobStatus.RUNNING:
@@ -281,8 +282,10 @@ class JobStore:
             if not writes:
                 return jobs
             queued = self.redis.pipeline(transaction=False)  # run as one script call: atomic.py
+            tally = Tally()  # a micro-batch's jobs move the same metric fields: one command per field
             for job, before in writes:
-                self._write(queued, job, before)
+                self._write(queued, job, before, tally)
+            tally.flush(queued)
             try:
                 atomic.execute(queued, unchanged=dict(zip(keys, raws)))
             except redis.WatchError:  # a job changed since it was read: read again and redo the change

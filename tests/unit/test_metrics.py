@@ -5,7 +5,8 @@ import json
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferno_jobs.job import JobStatus, now
-from inferno_jobs.metrics import WEBHOOK_DELIVERIES, Metrics, record_worker_jobs
+from inferno_jobs.keyspace import Keyspace
+from inferno_jobs.metrics import JOBS_FINISHED, RUN_TIME, WEBHOOK_DELIVERIES, Metrics, Tally, record_worker_jobs
 from inferno_jobs.model import ModelRepository
 from workers.batching import BatchRunner
 from workers.engine import Engine
@@ -79,3 +80,21 @@ def test_rate_limit_refusals_are_counted(make_app):
     client.post("/jobs", json=IRIS)
     assert client.post("/jobs", json=IRIS).status_code == 503
     assert value(scrape(client), "inferno_rate_limited_total", limit="queue_depth") == 1
+
+
+def test_a_tally_writes_the_moves_of_a_micro_batch_merged(fake_redis, settings):
+    metrics = Metrics(fake_redis, Keyspace(settings.key_prefix))
+    tally = Tally()
+    for _ in range(64):  # what finishing a micro-batch of 64 jobs of one model moves
+        metrics.inc(JOBS_FINISHED, ("embedding", "minilm", "normal", "succeeded"), pipe=tally)
+        metrics.observe(RUN_TIME, ("embedding", "minilm", "succeeded"), 0.25, pipe=tally)
+    pipe = fake_redis.pipeline()
+    tally.flush(pipe)
+    assert len(pipe.command_stack) == 3  # the counter, the histogram's bucket and its sum: one command each
+    pipe.execute()
+    assert metrics.counter(JOBS_FINISHED) == {("embedding", "minilm", "normal", "succeeded"): 64}
+    (buckets, total), = metrics.histogram(RUN_TIME).values()
+    assert dict(buckets)["+Inf"] == 64 and total == 16.0
+    pipe = fake_redis.pipeline()
+    tally.flush(pipe)  # flushed moves are forgotten
+    assert pipe.command_stack == []
