@@ -42,6 +42,9 @@ class Settings:
     lease_s: int = 30
     reconcile_interval_s: int = 5
     resend_after_s: int = 900  # a job still queued this long after its message was sent gets another message
+    # A new job stores a run message only while fewer than this many wait in its queue (0: every job stores one);
+    # a message is a ticket for its queue, not for its job (inferno_jobs/tickets.py).
+    max_waiting_messages: int = 2
 
     # Workers.
     worker_concurrency: int = 0  # 0: one process per core

@@ -7,6 +7,8 @@ follow from it change together or not at all. Celery's result backend is not use
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import redis
@@ -15,7 +17,7 @@ from inferno_jobs.codec import dumps, loads
 from inferno_jobs.config import Settings
 from inferno_jobs.errors import Conflict, IllegalTransition, JobNotFound
 from inferno_jobs.events import JobEvents
-from inferno_jobs import atomic, fairshare, paging, reads
+from inferno_jobs import atomic, fairshare, paging, reads, tickets
 from inferno_jobs.job import EVENT_FOR_STATUS, Job, JobStatus, new_id, now, transition
 from inferno_jobs.job import retry as requeue
 from inferno_jobs.keyspace import Keyspace
@@ -23,6 +25,8 @@ from inferno_jobs.metrics import Metrics, Tally
 from inferno_jobs.queue import PRIORITY_ORDER, queue_name
 from inferno_jobs.reads import Read
 
+
+log = logging.getLogger(__name__)
 
 # A job that may lead identical requests in flight ended (docs/cache.md): free its in-flight key, and list it for
 # resultcache.settle() only when followers wait on it (a follower joins only while its leader's record is unchanged
@@ -41,6 +45,16 @@ _IN_ORDER = atomic.nestable("redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS
 RAN_AT_ONCE = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT})
 
 
+@dataclass
+class Peek:
+    """What :meth:`JobStore.peek` read for one message."""
+
+    job: Job | None
+    next_ids: list[str]  # the queue's next queued jobs, in fair-share order
+    paused: set[str]  # the paused queues
+    waiting_messages: int  # messages waiting in the queue's Celery list
+
+
 def _position(replies: list) -> int | None:
     """A queue position from the replies of :meth:`JobStore.read_position`."""
     fair, fifo, *ahead = replies
@@ -55,6 +69,7 @@ class JobStore:
         self.redis = client
         self.settings = settings
         self.keys = Keyspace(settings.key_prefix)
+        self.outlook = tickets.Outlook(settings.max_waiting_messages)  # what this process saw of its queues
         self.events = JobEvents(client, settings)
         self.metrics = Metrics(client, self.keys)
 
@@ -179,8 +194,9 @@ class JobStore:
 
         ``publish(job)`` gives the Redis commands of the job's Celery message (``workers.celery_app.
         run_job_commands``): they run in the transaction that stores the job, so a job is never kept without its
-        message, nor a message sent for a job that was not kept. Not for a job that needs no message (settled at
-        once, or waiting on a leader's run).
+        message, nor a message sent for a job that was not kept. The message is a ticket for the job's queue
+        (inferno_jobs/tickets.py): it is stored only while fewer than ``max_waiting_messages`` wait there (0: always).
+        Not for a job that needs no message (settled at once, or waiting on a leader's run).
 
         With ``idempotency=(key, body_hash)``: a key seen before with the same body returns the first job and
         ``created=False``; with another body it raises :class:`Conflict`.
@@ -198,6 +214,7 @@ class JobStore:
         message = None
         while True:
             read: dict[str, bytes | None] = {}  # what the writes depend on: unchanged when they run, or a retry
+            ticket: list | None = None  # the message's commands when it is stored only if needed
             try:
                 if idem_key:
                     seen = read[idem_key] = self.redis.get(idem_key)
@@ -233,23 +250,45 @@ class JobStore:
                         # Its fair-share tag orders it in its queue and (unless it streams: a streaming job runs
                         # alone, never in another's micro-batch) in its model's waiting set.
                         fairshare.enqueue(writes, self.keys, job, batchable=not job.input.get("stream"))
-                        if publish is not None:
+                        if publish is not None and self.outlook.limit <= 0:  # a message per job
                             message = publish(job) if message is None else message
                             for name, args in message:
                                 getattr(writes, name)(*args)
+                        elif publish is not None:  # a ticket for its queue, stored only if too few wait: tickets.py
+                            if message is None and self.outlook.worth_building(queue):
+                                message = publish(job)
+                            ticket = message or []
                     writes.zadd(self.keys.tenant_active(job.tenant), {job.id: self._active_until(job)})
                 if idem_key:
                     writes.set(idem_key, json.dumps({"body_hash": idempotency[1], "job_id": job.id}),
                                ex=self.settings.result_retention_s)
-                if stored.status is JobStatus.QUEUED:  # its position, read in the same transaction
-                    position = self.read_position(writes, stored)
-                    stored.created_position = position.decode(
-                        atomic.execute(writes, position.size, unchanged=read, guard=guard))
-                else:
-                    atomic.execute(writes, unchanged=read, guard=guard)
+                if ticket is not None:  # its reply is read below, just before the position's
+                    tickets.store_if_needed(writes, queue, self.outlook.limit, ticket)
+                position = self.read_position(writes, stored) if stored.status is JobStatus.QUEUED else None
+                replies = atomic.execute(writes, (ticket is not None) + (position.size if position else 0),
+                                         unchanged=read, guard=guard)
+                if ticket is not None:
+                    waiting, replies = replies[0], replies[1:]
+                    self.outlook.saw(queue, waiting)
+                    if waiting < 0:  # none waits after all, and none was built: send one now
+                        self._send_message(queue, lambda: publish(job))
+                if position is not None:  # its position, read in the same transaction
+                    stored.created_position = position.decode(replies)
                 return stored, True
             except redis.WatchError:
                 continue
+
+    def _send_message(self, queue: str, build: Callable[[], list[tuple[str, tuple]]]) -> None:
+        """Store a run message for ``queue`` on its own, after its job; if that fails, the reconciler sends the
+        queue one within ``reconcile_interval_s`` (inferno_jobs/tickets.py): the job is stored either way."""
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for name, args in build():
+                    getattr(pipe, name)(*args)
+                pipe.execute()
+            self.outlook.saw(queue, 1)
+        except Exception:  # the job is stored and accepted: its queue gets a message from the reconciler
+            log.exception("a run message for %s could not be stored; the reconciler will send one", queue)
 
     def mutate(self, job_id: str, change: Callable[[Job], bool | None]) -> Job:
         """Apply ``change`` to the current record and write it atomically; retried if the job changed meanwhile.
@@ -522,17 +561,19 @@ class JobStore:
         ids = self.redis.zrange(self.keys.running_leases(), 0, -1)
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
-    def peek(self, job_id: str, queue: str, limit: int) -> tuple[Job | None, list[str], set[str]]:
-        """The job ``job_id`` (None if it is gone), :meth:`next_queued` of ``queue`` and the paused queues
-        (inferno_jobs/control.py), in one round trip: what a worker reads first for each message."""
+    def peek(self, job_id: str, queue: str, limit: int) -> Peek:
+        """What a worker reads first for each message, in one round trip: the job ``job_id`` (None if it is gone),
+        :meth:`next_queued` of ``queue``, the paused queues (inferno_jobs/control.py) and how many messages wait
+        in ``queue``'s Celery list (inferno_jobs/tickets.py)."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(self.keys.job(job_id))
             pipe.zrange(self.keys.fair_queue(queue), 0, limit - 1)
             pipe.smembers(self.keys.paused_queues())
-            raw, ids, paused = pipe.execute()
-        return (Job.from_dict(loads(raw)) if raw is not None else None,
-                [i.decode() if isinstance(i, bytes) else i for i in ids],
-                {q.decode() if isinstance(q, bytes) else q for q in paused})
+            pipe.llen(queue)
+            raw, ids, paused, waiting = pipe.execute()
+        return Peek(Job.from_dict(loads(raw)) if raw is not None else None,
+                    [i.decode() if isinstance(i, bytes) else i for i in ids],
+                    {q.decode() if isinstance(q, bytes) else q for q in paused}, waiting)
 
     def next_queued(self, queue: str, limit: int) -> list[str]:
         """Up to ``limit`` queued job ids of ``queue`` in the order workers claim them (fair share)."""
@@ -550,4 +591,4 @@ class JobStore:
             return pipe.execute()
 
 
-__all__ = ["JobStore", "IllegalTransition"]
+__all__ = ["JobStore", "IllegalTransition", "Peek"]

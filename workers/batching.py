@@ -1,8 +1,9 @@
 """Micro-batching: a worker that starts one job also claims other queued jobs of the same model and runs
 them as one engine call, each keeping its own status, result and error.
 
-The claimed jobs' own Celery messages arrive later and find their job already running or finished: the
-claim fails and the message is a cheap no-op. Plain classes: testable without Celery.
+A run message is a ticket for its queue, not for its job (inferno_jobs/tickets.py): the jobs a micro-batch claims
+need no message of their own, and a message that finds nothing queued is a cheap no-op. Plain classes: testable
+without Celery.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import socket
 import time
 from typing import Callable
 
+from inferno_jobs import tickets
 from inferno_jobs.circuit import CircuitBreaker
 from inferno_jobs.control import QueueControl, paused_priorities
 from inferno_jobs.engine_config import EngineConfig
@@ -70,8 +72,12 @@ class BatchRunner:
                  engine_config: Callable[[], EngineConfig] | None = None,
                  timeout_errors: tuple[type[BaseException], ...] = (),
                  engine_stream: Callable[..., dict] | None = None,
-                 remember: Callable[[list[Job], list], None] | None = None):
+                 remember: Callable[[list[Job], list], None] | None = None,
+                 message_of: Callable[[Job], list] | None = None):
         self.store = store
+        # message_of(job): the Redis commands of a run message labelled with ``job`` (workers.celery_app.
+        # run_job_commands), for the one this worker sends when it took its queue's last (inferno_jobs/tickets.py).
+        self.message_of = message_of
         # remember(jobs, outcomes): the result cache keeps the results before they are stored (docs/cache.md).
         self.remember = remember
         # engine_stream(model, input, on_token, should_stop): one streaming job (workers/streaming.py).
@@ -82,6 +88,7 @@ class BatchRunner:
         self.engine_config = engine_config
         self.worker = worker_identity()
         self.paused: set[str] | None = None  # the paused queues, as read with the message's job (claim_first)
+        self.waiting_messages: int | None = None  # messages waiting in its queue then
 
     def claim(self, job_id: str) -> Job | None:
         """Claim ``job_id`` for this process (None if this delivery must not run it)."""
@@ -92,14 +99,17 @@ class BatchRunner:
 
         A running ``job_id`` whose worker is gone is taken over. Otherwise the message is a ticket for its
         queue: it runs the queue's next job in fair-share order (inferno_jobs/fairshare.py), which is ``job_id``
-        itself unless another tenant's job is due first. Every queued job has sent one message, so each one still
-        runs; a message whose job already runs (another ticket took it), ran (in a micro-batch) or was canceled
-        runs the queue's next job instead, or nothing when the queue is empty. ``queue``, the queue the message
+        itself unless another tenant's job is due first. A queue with queued jobs always has a message waiting or
+        one on its way (inferno_jobs/tickets.py), so each job still runs; a message whose job already runs (another
+        ticket took it), ran (in a micro-batch) or was canceled runs the queue's next job instead, or nothing when
+        the queue is empty. ``queue``, the queue the message
         came from, lets the job, the queue's next ids and the paused queues be read in one round trip; a message
         of a paused queue raises :class:`QueuePaused`.
         """
         if queue is not None:
-            job, candidates, self.paused = self.store.peek(job_id, queue, 8)
+            peek = self.store.peek(job_id, queue, 8)
+            job, candidates, self.paused, self.waiting_messages = peek.job, peek.next_ids, peek.paused, \
+                peek.waiting_messages
             if job is None:
                 return None
             if queue in self.paused:
@@ -121,6 +131,17 @@ class BatchRunner:
             if claimed is not None:
                 return claimed
         return None
+
+    def pass_on(self, queue: str | None, label: Job) -> None:
+        """Once this delivery claimed what it runs: if its message was the last waiting in ``queue`` and jobs are
+        still queued there, send the queue another (inferno_jobs/tickets.py), labelled with ``label``, so that
+        another worker takes them while this one runs. The reconciler sends one too if this never happens."""
+        if queue is None or self.message_of is None or self.waiting_messages != 0:
+            return
+        try:
+            tickets.send_if_needed(self.store.redis, self.store.keys, queue, self.message_of(label))
+        except Exception:  # the reconciler's backstop sends it; what this delivery claimed still runs
+            log.exception("could not pass a message on to queue %s", queue)
 
     def gather(self, first: Job, model: ModelConfig) -> list[Job]:
         """``first`` plus up to ``size - 1`` queued jobs of the same model, waiting at most the batch wait for
@@ -164,10 +185,12 @@ class BatchRunner:
         try:
             model = self.model_config(first.model)
         except ModelNotFound as exc:
+            self.pass_on(queue, first)
             return [self.store.finish(first.id, JobStatus.FAILED, error=exc.to_dict())]
         streaming = self.engine_stream is not None and bool(first.input.get("stream"))
         # A streaming job runs alone: no job should wait on another's tokens, and its tokens go out as they come.
         jobs = [first] if streaming else self.gather(first, model)
+        self.pass_on(queue, first)
 
         def call() -> list:
             if streaming:

@@ -4,6 +4,7 @@
 - running jobs past ``timeout_s`` (plus the hard-limit grace) become ``timed_out``;
 - running jobs whose lease ran out (their worker died) are released and sent again;
 - queued jobs whose message went missing (``resend_after_s`` after it was sent) get another message;
+- a queue with queued jobs and no run message waiting gets one (inferno_jobs/tickets.py);
 - followers of identical runs whose leader ended are settled (the result cache: docs/cache.md);
 - webhook events left in the outbox (a process died before handing them over) are sent to the webhooks queue;
 - this worker's heartbeat is written for ``/health`` and ``GET /workers``.
@@ -16,10 +17,12 @@ import logging
 import threading
 from typing import Callable
 
-from inferno_jobs import resultcache
+from inferno_jobs import resultcache, tickets
 from inferno_jobs.batchstore import BatchStore
 from inferno_jobs.delivery import dispatch_outbox
+from inferno_jobs.errors import JobNotFound
 from inferno_jobs.job import Job, JobStatus, now
+from inferno_jobs.queue import all_queues
 from inferno_jobs.store import JobStore
 from workers.celery_app import enqueue_chunk
 
@@ -53,8 +56,9 @@ class Reconciler:
             {"hostname": self.hostname, "pool": self.pool, "queues": self.queues, "last_seen": now()}))
 
     def tick(self) -> dict[str, int]:
-        """One reconciliation pass; returns how many jobs it expired, timed out and re-sent."""
-        counts = {"expired": 0, "timed_out": 0, "resent": 0, "batches_expired": 0}
+        """One reconciliation pass; returns how many jobs it expired, timed out and re-sent, and how many queues
+        it sent a message to."""
+        counts = {"expired": 0, "timed_out": 0, "resent": 0, "messages": 0, "batches_expired": 0}
         interval = self.store.settings.reconcile_interval_s
         if not self.store.redis.set(self.store.keys.reconcile_lock(), self.hostname, nx=True,
                                     ex=max(1, int(interval))):
@@ -88,6 +92,16 @@ class Reconciler:
                 self.send(job)
                 self.store.mark_sent(job.id)
                 counts["resent"] += 1
+        # The backstop of inferno_jobs/tickets.py: a queue with queued jobs and no message waiting gets one (it
+        # was lost with a crashed worker before kombu restored it, or went back to a worker's timer).
+        for queue in tickets.starved(self.store.redis, self.store.keys, all_queues()):
+            head = self.store.redis.zrange(self.store.keys.queued(queue), 0, 0)
+            try:
+                job = self.store.get(head[0].decode() if isinstance(head[0], bytes) else head[0])
+            except (IndexError, JobNotFound):
+                continue
+            self.send(job)
+            counts["messages"] += 1
         celery = self.celery if self.celery is not None else _worker_celery()
         batches = BatchStore(self.store.redis, self.store.settings)
         # Batches an API left validating (it died before enqueuing their chunks) fail, so every batch ends.

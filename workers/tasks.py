@@ -11,7 +11,7 @@ from inferno_jobs import resultcache
 from inferno_jobs.delivery import dispatch_outbox
 from inferno_jobs.metrics import record_worker_jobs
 from workers.batching import BatchRunner, QueuePaused
-from workers.celery_app import RUN_JOB, app, enqueue
+from workers.celery_app import RUN_JOB, app, enqueue, run_job_commands
 from workers.runtime import runtime
 from workers import telemetry  # noqa: F401  (JSON logs, per-task log context, tracing)
 
@@ -50,7 +50,8 @@ def run_job(self, job_id: str, model: str | None = None, **labels) -> list[dict]
                          engine_config=runtime.engine_config, timeout_errors=(SoftTimeLimitExceeded,),
                          engine_stream=runtime.engine.stream,
                          remember=lambda jobs, outcomes: resultcache.remember(runtime.store, runtime.engine_config(),
-                                                                              jobs, outcomes))
+                                                                              jobs, outcomes),
+                         message_of=lambda job: run_job_commands(app, job))
     try:
         finished = runner.run(job_id, queue)
     except QueuePaused:
