@@ -89,6 +89,7 @@ class BatchRunner:
         self.worker = worker_identity()
         self.paused: set[str] | None = None  # the paused queues, as read with the message's job (claim_first)
         self.waiting_messages: int | None = None  # messages waiting in its queue then
+        self.queued_at_peek = 0  # jobs queued there then (up to 8)
 
     def claim(self, job_id: str) -> Job | None:
         """Claim ``job_id`` for this process (None if this delivery must not run it)."""
@@ -110,6 +111,7 @@ class BatchRunner:
             peek = self.store.peek(job_id, queue, 8)
             job, candidates, self.paused, self.waiting_messages = peek.job, peek.next_ids, peek.paused, \
                 peek.waiting_messages
+            self.queued_at_peek = len(candidates)
             if job is None:
                 return None
             if queue in self.paused:
@@ -135,8 +137,11 @@ class BatchRunner:
     def pass_on(self, queue: str | None, label: Job) -> None:
         """Once this delivery claimed what it runs: if its message was the last waiting in ``queue`` and jobs are
         still queued there, send the queue another (inferno_jobs/tickets.py), labelled with ``label``, so that
-        another worker takes them while this one runs. The reconciler sends one too if this never happens."""
-        if queue is None or self.message_of is None or self.waiting_messages != 0:
+        another worker takes them while this one runs. The reconciler sends one too if this never happens.
+
+        Not when the queue held no job but the one this delivery runs: a job queued after the message was taken
+        found none waiting, and stored its own."""
+        if queue is None or self.message_of is None or self.waiting_messages != 0 or self.queued_at_peek <= 1:
             return
         try:
             tickets.send_if_needed(self.store.redis, self.store.keys, queue, self.message_of(label))
