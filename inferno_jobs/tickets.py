@@ -15,8 +15,8 @@ they guard:
 - a worker that starts a message when none is left waiting sends one more if the queue still has jobs after it
   claimed its micro-batch (:func:`send_if_needed`, checked in the script call that stores that message);
 - the reconciler sends one to every queue that has queued jobs and no waiting message (:func:`starved`): the
-  backstop for a message lost with a crashed worker before kombu restores it, or for a paused queue's message
-  that went back to a worker's timer.
+  backstop for a message lost with a crashed worker before kombu restores it, or one a worker holds until its
+  countdown (a message of a paused queue goes back with one).
 
 A message that finds nothing to run is a no-op, so the rules may send one too many, never one too few. Jobs that
 must run again (a retry, a released lease, a reconciler resend) send theirs as before, unconditionally.

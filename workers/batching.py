@@ -103,9 +103,9 @@ class BatchRunner:
         itself unless another tenant's job is due first. A queue with queued jobs always has a message waiting or
         one on its way (inferno_jobs/tickets.py), so each job still runs; a message whose job already runs (another
         ticket took it), ran (in a micro-batch) or was canceled runs the queue's next job instead, or nothing when
-        the queue is empty. ``queue``, the queue the message
-        came from, lets the job, the queue's next ids and the paused queues be read in one round trip; a message
-        of a paused queue raises :class:`QueuePaused`.
+        the queue is empty. ``queue``, the queue the message came from, lets the job, the queue's next ids, the
+        paused queues and the messages waiting be read in one round trip; a message of a paused queue raises
+        :class:`QueuePaused`.
         """
         if queue is not None:
             peek = self.store.peek(job_id, queue, 8)

@@ -93,7 +93,7 @@ class Reconciler:
                 self.store.mark_sent(job.id)
                 counts["resent"] += 1
         # The backstop of inferno_jobs/tickets.py: a queue with queued jobs and no message waiting gets one (it
-        # was lost with a crashed worker before kombu restored it, or went back to a worker's timer).
+        # was lost with a crashed worker before kombu restored it, or a worker holds it until its countdown).
         for queue in tickets.starved(self.store.redis, self.store.keys, all_queues()):
             head = self.store.redis.zrange(self.store.keys.queued(queue), 0, 0)
             try:
