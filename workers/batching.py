@@ -22,7 +22,7 @@ from inferno_jobs.errors import InfernoError, InferenceFailed, JobNotFound, Mode
 from inferno_jobs.job import Job, JobStatus, now
 from inferno_jobs.model import ModelConfig
 from inferno_jobs.queue import PRIORITY_ORDER, queue_name
-from inferno_jobs.store import JobStore
+from inferno_jobs.store import JobStore, Peek
 from workers.heartbeat import Heartbeat
 from workers.streaming import JobStream
 
@@ -87,9 +87,7 @@ class BatchRunner:
         self.model_config = model_config
         self.engine_config = engine_config
         self.worker = worker_identity()
-        self.paused: set[str] | None = None  # the paused queues, as read with the message's job (claim_first)
-        self.waiting_messages: int | None = None  # messages waiting in its queue then
-        self.queued_at_peek = 0  # jobs queued there then (up to 8)
+        self.peeked: Peek | None = None  # what claim_first read with the message's job
 
     def claim(self, job_id: str) -> Job | None:
         """Claim ``job_id`` for this process (None if this delivery must not run it)."""
@@ -108,13 +106,11 @@ class BatchRunner:
         :class:`QueuePaused`.
         """
         if queue is not None:
-            peek = self.store.peek(job_id, queue, 8)
-            job, candidates, self.paused, self.waiting_messages = peek.job, peek.next_ids, peek.paused, \
-                peek.waiting_messages
-            self.queued_at_peek = len(candidates)
+            self.peeked = self.store.peek(job_id, queue, 8)
+            job, candidates = self.peeked.job, list(self.peeked.next_ids)
             if job is None:
                 return None
-            if queue in self.paused:
+            if queue in self.peeked.paused:
                 raise QueuePaused(queue)
         else:
             try:
@@ -141,7 +137,9 @@ class BatchRunner:
 
         Not when the queue held no job but the one this delivery runs: a job queued after the message was taken
         found none waiting, and stored its own."""
-        if queue is None or self.message_of is None or self.waiting_messages != 0 or self.queued_at_peek <= 1:
+        peeked = self.peeked
+        if queue is None or self.message_of is None or peeked is None or peeked.waiting_messages \
+                or len(peeked.next_ids) <= 1:
             return
         try:
             tickets.send_if_needed(self.store.redis, self.store.keys, queue, self.message_of(label))
@@ -167,7 +165,7 @@ class BatchRunner:
             return jobs
         deadline = time.monotonic() + wait_ms / 1000
         # Jobs of a paused queue stay where they are (inferno_jobs/control.py).
-        paused = self.paused if self.paused is not None else QueueControl(self.store).paused()
+        paused = self.peeked.paused if self.peeked is not None else QueueControl(self.store).paused()
         skip = paused_priorities(paused, first.pool)
         head = self.store.most_urgent_waiting(model.name, skip)
         urgent = first.priority if head is None or rank(first.priority) <= rank(head) else head

@@ -95,10 +95,9 @@ class Reconciler:
         # The backstop of inferno_jobs/tickets.py: a queue with queued jobs and no message waiting gets one (it
         # was lost with a crashed worker before kombu restored it, or a worker holds it until its countdown).
         for queue in tickets.starved(self.store.redis, self.store.keys, all_queues()):
-            head = self.store.redis.zrange(self.store.keys.queued(queue), 0, 0)
             try:
-                job = self.store.get(head[0].decode() if isinstance(head[0], bytes) else head[0])
-            except (IndexError, JobNotFound):
+                job = self.store.get(self.store.next_queued(queue, 1)[0])
+            except (IndexError, JobNotFound):  # it started meanwhile
                 continue
             self.send(job)
             counts["messages"] += 1
