@@ -32,8 +32,10 @@ def setup(live_settings, live_redis, model_dir, tmp_path):
     settings = Settings.from_env({}, **{**live_settings.__dict__, "max_waiting_messages": 1, "model_dir": tmp_path})
     celery = make_celery(settings)
     store = JobStore(live_redis, settings)
-    runner = lambda: BatchRunner(store, Engine(settings).run, model_config=ModelRepository(tmp_path).get,  # noqa
-                                 message_of=lambda job: run_job_commands(celery, job))
+
+    def runner() -> BatchRunner:  # what a worker builds for each message
+        return BatchRunner(store, Engine(settings).run, model_config=ModelRepository(tmp_path).get,
+                           message_of=lambda job: run_job_commands(celery, job))
     return settings, celery, store, runner
 
 

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
+from inferno_jobs.control import QueueControl
 from inferno_jobs.errors import InvalidRequest
 from inferno_jobs.job import Job, JobStatus, JobType, Priority
 from inferno_jobs.model import ModelRepository
-from inferno_jobs.store import JobStore
-from inferno_jobs.control import QueueControl
 from inferno_jobs.queue import queue_name
+from inferno_jobs.store import JobStore
 from workers.batching import BatchRunner, QueuePaused, owner_alive
 from workers.engine import Engine
 
