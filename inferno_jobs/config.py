@@ -41,7 +41,7 @@ class Settings:
     max_attempts: int = 3
     lease_s: int = 30
     reconcile_interval_s: int = 5
-    resend_after_s: int = 900  # a job still queued this long after its message was sent gets another message
+    resend_after_s: int = 900  # jobs still queued this long after their message was sent: their queue gets another
     # A new job stores a run message only while fewer than this many wait in its queue (0: every job stores one);
     # a message is a ticket for its queue, not for its job (inferno_jobs/tickets.py).
     max_waiting_messages: int = 2

@@ -3,7 +3,7 @@
 - queued jobs past ``ttl_s`` become ``expired`` (even if no message of theirs is ever consumed);
 - running jobs past ``timeout_s`` (plus the hard-limit grace) become ``timed_out``;
 - running jobs whose lease ran out (their worker died) are released and sent again;
-- queued jobs whose message went missing (``resend_after_s`` after it was sent) get another message;
+- a queue whose jobs are still queued ``resend_after_s`` after their message was sent gets another one;
 - a queue with queued jobs and no run message waiting gets one (inferno_jobs/tickets.py);
 - followers of identical runs whose leader ended are settled (the result cache: docs/cache.md);
 - webhook events left in the outbox (a process died before handing them over) are sent to the webhooks queue;
@@ -22,7 +22,7 @@ from inferno_jobs.batchstore import BatchStore
 from inferno_jobs.delivery import dispatch_outbox
 from inferno_jobs.errors import JobNotFound
 from inferno_jobs.job import Job, JobStatus, now
-from inferno_jobs.queue import all_queues
+from inferno_jobs.queue import all_queues, queue_name
 from inferno_jobs.store import JobStore
 from workers.celery_app import enqueue_chunk
 
@@ -56,8 +56,8 @@ class Reconciler:
             {"hostname": self.hostname, "pool": self.pool, "queues": self.queues, "last_seen": now()}))
 
     def tick(self) -> dict[str, int]:
-        """One reconciliation pass; returns how many jobs it expired, timed out and re-sent, and how many queues
-        it sent a message to."""
+        """One reconciliation pass; returns how many jobs it expired and timed out, how many messages it re-sent
+        (released jobs, queues of stale jobs) and how many it sent to starved queues."""
         counts = {"expired": 0, "timed_out": 0, "resent": 0, "messages": 0, "batches_expired": 0}
         interval = self.store.settings.reconcile_interval_s
         if not self.store.redis.set(self.store.keys.reconcile_lock(), self.hostname, nx=True,
@@ -83,15 +83,22 @@ class Reconciler:
                 if released is not None:
                     self.send(released)
                     counts["resent"] += 1
+        # Jobs still queued long after their message: a message is a ticket for its queue (inferno_jobs/tickets.py),
+        # so their queue gets one, not one per job (a deep backlog would get thousands). A follower of an identical
+        # run waits outside its queue's order, so it still gets its own: it then runs on its own (docs/cache.md).
+        stale: dict[str, list[Job]] = {}
         for job_id in self.store.unsent(self.store.settings.resend_after_s, t):
             try:
                 job = self.store.get(job_id)
             except Exception:
                 continue
             if job.status is JobStatus.QUEUED:
-                self.send(job)
+                stale.setdefault(job.id if job.shared_run_of else queue_name(job.pool, job.priority), []).append(job)
+        for jobs in stale.values():
+            self.send(jobs[0])
+            for job in jobs:
                 self.store.mark_sent(job.id)
-                counts["resent"] += 1
+            counts["resent"] += 1
         # The backstop of inferno_jobs/tickets.py: a queue with queued jobs and no message waiting gets one (it
         # was lost with a crashed worker before kombu restored it, or a worker holds it until its countdown).
         for queue in tickets.starved(self.store.redis, self.store.keys, all_queues()):

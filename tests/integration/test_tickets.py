@@ -96,3 +96,19 @@ def test_with_no_limit_every_job_stores_its_message(live_settings, live_redis):
     celery = make_celery(settings)
     _submit(JobStore(live_redis, settings), celery, 3)
     assert live_redis.llen(QUEUE) == 3
+
+
+def test_stale_jobs_get_one_message_per_queue_and_a_follower_its_own(setup, live_redis):
+    settings, celery, _, _ = setup
+    store = JobStore(live_redis, Settings.from_env({}, **{**settings.__dict__, "resend_after_s": 0}))  # all stale
+    jobs = _submit(store, celery, 5)
+    follower = Job.create(type=JobType.PREDICT, model="iris-b3", tenant="t1", input={"features": [[5.1, 3.5, 1.4, 0.2]]},
+                          priority=Priority.NORMAL, pool="cpu", ttl_s=60, timeout_s=30)
+    follower.shared_run_of = jobs[0].id  # it waits for an identical job's run (docs/cache.md), outside the order
+    follower = store.create(follower)[0]
+    assert follower.shared_run_of == jobs[0].id
+    sent = []
+    counts = Reconciler(store, sent.append, hostname="w@test", pool="cpu", queues=[QUEUE], celery=celery).tick()
+    # Five stale jobs of one queue: one message for the queue. The follower: one of its own, so it runs alone.
+    assert counts["resent"] == 2 and sorted(j.id for j in sent) == sorted([jobs[0].id, follower.id])
+    assert counts["messages"] == 0  # the queue's first message still waits: not starved
