@@ -279,14 +279,12 @@ class JobStore:
                 continue
 
     def _send_message(self, queue: str, build: Callable[[], list[tuple[str, tuple]]]) -> None:
-        """Store a run message for ``queue`` on its own, after its job; if that fails, the reconciler sends the
-        queue one within ``reconcile_interval_s`` (inferno_jobs/tickets.py): the job is stored either way."""
+        """Store a run message for ``queue`` on its own, after its job, unless one waits by then (the guarded send
+        workers use: inferno_jobs/tickets.py); if that fails, the reconciler sends the queue one within
+        ``reconcile_interval_s``: the job is stored either way."""
         try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                for name, args in build():
-                    getattr(pipe, name)(*args)
-                pipe.execute()
-            self.outlook.saw(queue, 1)
+            if tickets.send_if_needed(self.redis, self.keys, queue, build()):
+                self.outlook.saw(queue, 1)
         except Exception:  # the job is stored and accepted: its queue gets a message from the reconciler
             log.exception("a run message for %s could not be stored; the reconciler will send one", queue)
 
