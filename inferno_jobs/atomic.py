@@ -19,6 +19,7 @@ type) does not undo the ones before it; the commands queued here are built by co
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -69,6 +70,7 @@ return out
 """
 
 
+@functools.lru_cache(maxsize=64)  # a handful of scripts, hashed on every transaction that runs them
 def _sha(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 

@@ -7,7 +7,9 @@ never change: :func:`transition` is the one function that changes a status, and 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import math
 import os
 import threading
 import time
@@ -73,7 +75,8 @@ EVENT_FOR_STATUS = {
     JobStatus.TIMED_OUT: "job.timed_out",
 }
 
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+# RFC 4648 base32 letters -> Crockford's (lower case): the same 5-bit groups, written the way ids are.
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz")
 _id_lock = threading.Lock()
 _last_id_value = 0
 
@@ -90,11 +93,10 @@ def new_id(prefix: str) -> str:
         if value <= _last_id_value:
             value = _last_id_value + 1
         _last_id_value = value
-    chars = []
-    for _ in range(26):
-        value, rem = divmod(value, 32)
-        chars.append(_CROCKFORD[rem])
-    return f"{prefix}_{''.join(reversed(chars))}"
+    # 26 digits of 5 bits are 130 bits: the 128-bit value shifted left by 6 fills 17 bytes, whose first 26
+    # base32 digits are the value's, most significant first.
+    digits = base64.b32encode((value << 6).to_bytes(17, "big"))[:26].translate(_TO_CROCKFORD)
+    return f"{prefix}_{digits.decode()}"
 
 
 def now() -> float:
@@ -102,11 +104,23 @@ def now() -> float:
     return time.time()
 
 
+_second = (None, "")  # (whole second, its "YYYY-MM-DDTHH:MM:SS" text): job records format the same second often
+
+
 def isoformat(ts: float | None) -> str | None:
     """Unix seconds as ISO 8601 UTC with a ``Z`` (millisecond precision), or None."""
+    global _second
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    whole = math.floor(ts)
+    micros = round((ts - whole) * 1e6)  # as datetime rounds a timestamp; the text then truncates to milliseconds
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    second, text = _second
+    if second != whole:
+        text = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = (whole, text)
+    return f"{text}.{micros // 1000:03d}Z"
 
 
 @dataclass

@@ -14,9 +14,8 @@ import json
 import logging
 import sys
 from contextlib import contextmanager
-from datetime import datetime, timezone
-
 from inferno_jobs.config import Settings
+from inferno_jobs.job import isoformat
 
 _context: contextvars.ContextVar[dict] = contextvars.ContextVar("inferno_log_context", default={})
 
@@ -69,8 +68,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "ts": isoformat(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

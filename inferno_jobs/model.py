@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,21 +98,21 @@ class ModelRepository:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self._cache: dict[str, tuple[int, ModelConfig]] = {}
+        self._cache: dict[str, tuple[int, ModelConfig, str]] = {}  # name -> (mtime, config, config file)
 
     def get(self, name: str) -> ModelConfig:
         """The model called ``name``; raises :class:`ModelNotFound`."""
         if not isinstance(name, str) or not _NAME.match(name):
             raise ModelNotFound(f"model {name!r} not found")
-        path = self.root / name
+        cached = self._cache.get(name)
         try:
-            mtime = (path / "config.json").stat().st_mtime_ns
+            mtime = os.stat(cached[2] if cached else os.path.join(self.root, name, "config.json")).st_mtime_ns
         except OSError:
             self._cache.pop(name, None)
             raise ModelNotFound(f"model {name!r} not found", details={"available": self.names()}) from None
-        cached = self._cache.get(name)
         if cached is None or cached[0] != mtime:
-            cached = (mtime, ModelConfig.load(path))
+            path = self.root / name
+            cached = (mtime, ModelConfig.load(path), str(path / "config.json"))
             self._cache[name] = cached
         return cached[1]
 
