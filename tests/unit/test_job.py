@@ -1,5 +1,7 @@
 """The job record and its state machine."""
 
+import time
+
 import pytest
 
 from inferno_jobs.errors import IllegalTransition
@@ -82,3 +84,22 @@ def test_queue_position_is_null_unless_queued():
 def test_isoformat_is_utc_with_z():
     assert isoformat(0) == "1970-01-01T00:00:00.000Z"
     assert isoformat(None) is None
+
+
+def test_isoformat_truncates_to_milliseconds_as_datetime_does():
+    # datetime rounds a timestamp to microseconds, then the text keeps whole milliseconds
+    assert isoformat(1700000000.0019) == "2023-11-14T22:13:20.001Z"
+    assert isoformat(1700000000.9999996) == "2023-11-14T22:13:21.000Z"  # rounds into the next second
+    assert isoformat(1764650000.1239) == "2025-12-02T04:33:20.123Z"
+    assert isoformat(1764650000.5) == "2025-12-02T04:33:20.500Z"  # the same second again, from the cached text
+
+
+def test_ids_are_26_crockford_digits_after_the_prefix():
+    ident = new_id("job")
+    prefix, digits = ident.split("_")
+    assert prefix == "job" and len(digits) == 26
+    assert set(digits) <= set("0123456789abcdefghjkmnpqrstvwxyz")
+    value = 0
+    for ch in digits:
+        value = value * 32 + "0123456789abcdefghjkmnpqrstvwxyz".index(ch)
+    assert abs((value >> 80) / 1000 - time.time()) < 60  # the top 48 bits are the creation time in milliseconds
