@@ -32,6 +32,17 @@ class LoadResult:
         """Requests per second."""
         return self.count / self.elapsed_s if self.elapsed_s else 0.0
 
+    @classmethod
+    def combined(cls, *runs: "LoadResult") -> "LoadResult":
+        """Several runs as one: their requests together, their times added."""
+        out = cls(started=runs[0].started, elapsed_s=sum(r.elapsed_s for r in runs))
+        for run in runs:
+            out.latencies_s += run.latencies_s
+            out.bodies += run.bodies
+            for status, n in run.statuses.items():
+                out.statuses[status] = out.statuses.get(status, 0) + n
+        return out
+
     def percentile(self, q: float) -> float:
         """The ``q`` quantile (0..1) of the latencies, in milliseconds."""
         values = sorted(self.latencies_s)

@@ -3,11 +3,13 @@ against N bare-Celery no-op tasks sent and run by a worker of the same concurren
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from bench.baseline import end_to_end_rate
 from bench.client import post_many
 from bench.report import Row
 from bench.stack import ROOT
-from bench.submit import CLIENTS, IRIS_JOB
+from bench.submit import CLIENTS, IRIS_JOB, combined_rate
 
 
 def run(ctx) -> list[Row]:
@@ -17,20 +19,39 @@ def run(ctx) -> list[Row]:
     stack.start_worker()
     post_many(stack.api_port, "/jobs", lambda i: IRIS_JOB, 100, CLIENTS)  # load iris in the pool children
     stack.wait_idle()
-    stack.reset()
     total = 1000 if ctx.quick else 3000
-    result = post_many(stack.api_port, "/jobs", lambda i: IRIS_JOB, total, CLIENTS, keep_bodies=True)
-    stack.wait_idle()
-    jobs = stack.jobs([b["id"] for b in result.bodies])
+    # Half the jobs, the baseline twice, the other half (A B B A), as in bench/submit.py: the machine's speed drifts.
+    first = _system(stack, total // 2)
+    bare_runs = [end_to_end_rate(stack.redis_server.url, total // 2, stack.env(), stack.concurrency,
+                                 stack.workdir / f"baseline-worker-{i}.log", ROOT) for i in range(2)]
+    second = _system(stack, total // 2)
+    jobs = first.jobs + second.jobs
     succeeded = sum(j.status.value == "succeeded" for j in jobs)
-    elapsed = max(j.finished_at or 0 for j in jobs) - result.started
-    system = total / elapsed
     runs = sum(len(j.attempts) for j in jobs)
-    stack.reset()
-    bare = end_to_end_rate(stack.redis_server.url, total, stack.env(), stack.concurrency,
-                           stack.workdir / "baseline-worker.log", ROOT)
+    system = combined_rate([first.rate, second.rate])
+    bare = combined_rate(bare_runs)
+    posts = combined_rate([first.post_rate, second.post_rate])
     return [
         Row("e2e", f"{total} iris jobs, submit to last finished", system, "jobs/s", baseline=bare, target=0.8,
             note=f"{succeeded}/{total} succeeded, {runs} attempts; worker -c {stack.concurrency}; "
-                 f"POSTs done at {result.rate:.0f}/s"),
+                 f"POSTs done at {posts:.0f}/s; halves {first.rate / bare_runs[0]:.2f}x, "
+                 f"{second.rate / bare_runs[1]:.2f}x (A B B A)"),
     ]
+
+
+@dataclass
+class _Run:
+    jobs: list
+    rate: float  # jobs/s from the first POST to the last job's finished_at
+    post_rate: float
+
+
+def _system(stack, total: int) -> _Run:
+    """``total`` iris jobs through the API (32 clients) while the worker runs them."""
+    stack.reset()
+    result = post_many(stack.api_port, "/jobs", lambda i: IRIS_JOB, total, CLIENTS, keep_bodies=True)
+    stack.wait_idle()
+    jobs = stack.jobs([b["id"] for b in result.bodies])
+    elapsed = max(j.finished_at or 0 for j in jobs) - result.started
+    stack.reset()
+    return _Run(jobs, total / elapsed, result.rate)
