@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import redis
 from flask import Flask
 
+from api.body import JSONProvider
 from inferno_jobs.apikey import KeyRing
 from inferno_jobs.config import Settings
 from inferno_jobs.model import ModelRepository
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None, *, redis_client: redis.Redis | 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.json.sort_keys = False
+    app.json = JSONProvider(app)
     client = redis_client or redis.Redis.from_url(settings.redis_url)
     if celery is None:
         from workers.celery_app import make_celery

@@ -6,7 +6,6 @@ out as chunks of the model's ``max_batch_size`` lines, one Celery message and on
 
 from __future__ import annotations
 
-import json
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context, url_for
 from marshmallow import RAISE, Schema, fields, validate
@@ -14,6 +13,7 @@ from marshmallow import RAISE, Schema, fields, validate
 from api.body import json_body, load
 from api.deliveries import DeliveryList, dispatch_webhooks
 from api.request_context import engine_config, request_id, services, tenant
+from inferno_jobs import codec
 from inferno_jobs.batch import COMPLETION_WINDOW, Batch, BatchStatus
 from inferno_jobs.batchfile import Limits, Line, ParsedFile, Reader, input_type, read_upload
 from inferno_jobs.batchstore import BatchStore
@@ -283,7 +283,9 @@ def _json_field(raw: str | None, name: str) -> dict:
     if not raw:
         return {}
     try:
-        value = json.loads(raw)
+        value = codec.parse(raw)
+    except codec.IntegerOutOfRange as exc:
+        raise InvalidRequest(f"{name}: {exc}", details={"field": name}) from None
     except ValueError:
         raise InvalidRequest(f"{name} must be a JSON object", details={"field": name}) from None
     if not isinstance(value, dict):

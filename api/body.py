@@ -5,9 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from flask import request
+from flask.json.provider import DefaultJSONProvider
 from marshmallow import Schema, ValidationError
 
+from inferno_jobs import codec
 from inferno_jobs.errors import InvalidRequest
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Flask's JSON, keeping keys in order, with request bodies parsed by :func:`inferno_jobs.codec.parse`
+    (an integer no record can hold is refused there)."""
+
+    sort_keys = False
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return codec.parse(s)
 
 
 def json_body() -> Any:
@@ -15,7 +27,15 @@ def json_body() -> Any:
     data = request.get_json(force=True, silent=True)
     if data is None:
         raw = request.get_data(cache=True)
-        raise InvalidRequest("request body must be valid JSON" if raw else "request body is empty; send JSON")
+        if not raw:
+            raise InvalidRequest("request body is empty; send JSON")
+        try:
+            codec.parse(raw)
+        except codec.IntegerOutOfRange as exc:  # valid JSON, but not storable: say which number
+            raise InvalidRequest(str(exc)) from None
+        except ValueError:
+            pass
+        raise InvalidRequest("request body must be valid JSON")
     return data
 
 

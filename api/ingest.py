@@ -9,7 +9,6 @@ is released, so the sender's retry is handled rather than refused as a replay. S
 
 from __future__ import annotations
 
-import json
 import logging
 
 from flask import Blueprint, g, jsonify, request, url_for
@@ -19,6 +18,7 @@ from api.body import load
 from api.jobs import job_body, submit
 from api.ratelimit import count_request
 from api.request_context import services
+from inferno_jobs import codec
 from inferno_jobs.errors import InfernoError, InvalidRequest, NotFound, RateLimitExceeded
 from inferno_jobs.ingest import DeliveryRefused, Replayed, ReplayGuard, SourceRegistry, job_request, verify
 from inferno_jobs.metrics import INGEST_WEBHOOKS
@@ -126,6 +126,8 @@ def ingest(source: str | None = None):
 
 def _parse(body: bytes):
     try:
-        return json.loads(body)
+        return codec.parse(body)
+    except codec.IntegerOutOfRange as exc:
+        raise InvalidRequest(str(exc)) from None
     except ValueError:  # also a body that is not UTF-8
         raise InvalidRequest("the event must be valid JSON" if body else "the event is empty; send JSON") from None

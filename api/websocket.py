@@ -28,6 +28,7 @@ from api.ratelimit import count_request, limits_for_caller, subject
 from api.request_context import services
 from api.seed_inference import generation_job
 from api.sync_jobs import job_error, stream_tokens
+from inferno_jobs import codec
 from inferno_jobs.apikey import LOCAL_TENANT
 from inferno_jobs.errors import AuthenticationFailed, Conflict, InfernoError, InvalidRequest, JobNotFound
 from inferno_jobs.job import Job, JobStatus, isoformat, now
@@ -89,7 +90,9 @@ class Session:
 
     def handle(self, raw) -> None:
         try:
-            message = json.loads(raw)
+            message = codec.parse(raw)
+        except codec.IntegerOutOfRange as exc:
+            raise InvalidRequest(str(exc)) from None
         except ValueError:
             raise InvalidRequest("messages must be JSON objects") from None
         if not isinstance(message, dict):

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 
 from marshmallow import ValidationError
 
+from inferno_jobs import codec
 from inferno_jobs.config import Settings
 from inferno_jobs.errors import InvalidRequest, PayloadTooLarge
 from inferno_jobs.job import JobType
@@ -332,7 +333,10 @@ class Reader:
                 yield self.request(number, {"prompt": text})
                 continue
             try:
-                obj = json.loads(text)
+                obj = codec.parse(text)
+            except codec.IntegerOutOfRange as exc:
+                yield Line(number, f"line-{number}", error={"code": "INVALID_REQUEST", "message": str(exc)})
+                continue
             except ValueError as exc:
                 yield Line(number, f"line-{number}", error={"code": "INVALID_REQUEST",
                                                             "message": f"the line is not valid JSON: {exc}"})

@@ -100,6 +100,24 @@ def test_malformed_bodies_are_400_never_500(client, data, content_type):
     assert body["error"]["code"] == "INVALID_REQUEST" and body["request_id"] and body["timestamp"].endswith("Z")
 
 
+def test_an_integer_no_record_can_hold_is_400_naming_it_and_nothing_is_kept(client, celery_stub):
+    body = '{"type": "predict", "model": "iris", "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}, ' \
+           '"metadata": {"n": 123456789012345678901234567890}}'
+    r = client.post("/jobs", data=body, content_type="application/json")
+    assert r.status_code == 400
+    error = r.get_json()["error"]
+    assert error["code"] == "INVALID_REQUEST" and "12345678901234567890... (30 digits)" in error["message"]
+    assert "64 bits" in error["message"]
+    assert celery_stub.sent == [] and client.get("/jobs").get_json()["data"] == []
+
+
+def test_integers_at_the_64_bit_bounds_are_kept_exactly(client):
+    metadata = {"biggest": 2 ** 64 - 1, "smallest": -(2 ** 63), "signed": 2 ** 63 - 1}
+    r = client.post("/jobs", json={**IRIS, "metadata": metadata})
+    assert r.status_code == 202
+    assert client.get(f"/jobs/{r.get_json()['id']}").get_json()["metadata"] == metadata
+
+
 def test_oversized_body_is_413(make_app):
     client = make_app(max_request_bytes=1000).test_client()
     r = client.post("/jobs", json={**IRIS, "metadata": {"x": "y" * 2000}})

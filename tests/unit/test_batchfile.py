@@ -42,6 +42,13 @@ def test_batch_params_apply_to_every_line_and_a_line_overrides_them():
     assert [l.custom_id for l in parsed.lines] == ["line-1", "line-2"]  # no custom_id: the line number
 
 
+def test_a_line_with_an_integer_over_64_bits_fails_alone():
+    data = b'{"prompt": "x", "metadata": {"n": 1' + b"0" * 30 + b'}}\n{"prompt": "y"}\n'
+    lines = by_line(reader().file(data, "big.jsonl"))
+    assert lines[2].ok and not lines[1].ok
+    assert lines[1].error["code"] == "INVALID_REQUEST" and "64 bits" in lines[1].error["message"]
+
+
 def test_bad_batch_params_are_the_requests_error_not_every_lines():
     with pytest.raises(InvalidRequest, match="temperature"):
         reader(params={"temperature": 9})
