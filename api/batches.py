@@ -284,7 +284,7 @@ def _json_field(raw: str | None, name: str) -> dict:
         return {}
     try:
         value = codec.parse(raw)
-    except codec.IntegerOutOfRange as exc:
+    except codec.UnstorableJSON as exc:
         raise InvalidRequest(f"{name}: {exc}", details={"field": name}) from None
     except ValueError:
         raise InvalidRequest(f"{name} must be a JSON object", details={"field": name}) from None

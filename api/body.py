@@ -31,7 +31,7 @@ def json_body() -> Any:
             raise InvalidRequest("request body is empty; send JSON")
         try:
             codec.parse(raw)
-        except codec.IntegerOutOfRange as exc:  # valid JSON, but not storable: say which number
+        except codec.UnstorableJSON as exc:  # valid JSON, but not storable: say which number
             raise InvalidRequest(str(exc)) from None
         except ValueError:
             pass

@@ -127,7 +127,7 @@ def ingest(source: str | None = None):
 def _parse(body: bytes):
     try:
         return codec.parse(body)
-    except codec.IntegerOutOfRange as exc:
+    except codec.UnstorableJSON as exc:
         raise InvalidRequest(str(exc)) from None
     except ValueError:  # also a body that is not UTF-8
         raise InvalidRequest("the event must be valid JSON" if body else "the event is empty; send JSON") from None

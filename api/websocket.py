@@ -91,7 +91,7 @@ class Session:
     def handle(self, raw) -> None:
         try:
             message = codec.parse(raw)
-        except codec.IntegerOutOfRange as exc:
+        except codec.UnstorableJSON as exc:
             raise InvalidRequest(str(exc)) from None
         except ValueError:
             raise InvalidRequest("messages must be JSON objects") from None

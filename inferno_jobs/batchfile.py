@@ -334,7 +334,7 @@ class Reader:
                 continue
             try:
                 obj = codec.parse(text)
-            except codec.IntegerOutOfRange as exc:
+            except codec.UnstorableJSON as exc:
                 yield Line(number, f"line-{number}", error={"code": "INVALID_REQUEST", "message": str(exc)})
                 continue
             except ValueError as exc:

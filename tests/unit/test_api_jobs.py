@@ -92,6 +92,13 @@ def test_bad_submissions_get_the_contract_error(client, celery_stub, body, statu
 @pytest.mark.parametrize("data, content_type", [
     ("{not json", "application/json"), ("", "application/json"), ("[1, 2]", "application/json"),
     ("\xff\xfe", "application/json"), ("null", "application/json"), ("42", "text/plain"),
+    # valid JSON that no record can hold (inferno_jobs/codec.py): a lone surrogate, deep nesting, a huge integer
+    ('{"type": "predict", "model": "iris", "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}, "metadata": {"x": "\\ud800"}}',
+     "application/json"),
+    ('{"type": "embedding", "model": "minilm", "input": {"input": "a \\udc00 b"}}', "application/json"),
+    ('{"metadata": ' + "[" * 5000 + "]" * 5000 + "}", "application/json"),
+    ('{"metadata": ' + "[" * 100 + "]" * 100 + "}", "application/json"),
+    ('{"metadata": {"n": -9223372036854775809}}', "application/json"),
 ])
 def test_malformed_bodies_are_400_never_500(client, data, content_type):
     r = client.post("/jobs", data=data, content_type=content_type)
