@@ -6,7 +6,6 @@ out as chunks of the model's ``max_batch_size`` lines, one Celery message and on
 
 from __future__ import annotations
 
-
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context, url_for
 from marshmallow import RAISE, Schema, fields, validate
 

@@ -14,7 +14,7 @@ from inferno_jobs.errors import InvalidRequest
 
 class JSONProvider(DefaultJSONProvider):
     """Flask's JSON, keeping keys in order, with request bodies parsed by :func:`inferno_jobs.codec.parse`
-    (an integer no record can hold is refused there)."""
+    (JSON that no record can hold is refused there)."""
 
     sort_keys = False
 
@@ -31,7 +31,7 @@ def json_body() -> Any:
             raise InvalidRequest("request body is empty; send JSON")
         try:
             codec.parse(raw)
-        except codec.UnstorableJSON as exc:  # valid JSON, but not storable: say which number
+        except codec.UnstorableJSON as exc:  # valid JSON, but not storable: say which value
             raise InvalidRequest(str(exc)) from None
         except ValueError:
             pass

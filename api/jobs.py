@@ -127,8 +127,8 @@ def list_jobs():
     store = services().store
     jobs, cursor = store.list(owner, **query)
     positions = store.queue_positions(jobs)  # one round trip for the page
-    return jsonify(shared(JobList).dump({"data": [job.to_api(position) for job, position in zip(jobs, positions)],
-                                   "next_cursor": cursor}))
+    page = [job.to_api(position) for job, position in zip(jobs, positions)]
+    return jsonify(shared(JobList).dump({"data": page, "next_cursor": cursor}))
 
 
 @bp.post("/jobs/<job_id>/cancel")

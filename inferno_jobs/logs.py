@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 from contextlib import contextmanager
+
 from inferno_jobs.config import Settings
 from inferno_jobs.job import isoformat
 
