@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import redis
 from flask import Flask
 
-from api.body import JSONProvider
+from api.json_provider import JSONProvider
 from inferno_jobs.apikey import KeyRing
 from inferno_jobs.config import Settings
 from inferno_jobs.model import ModelRepository

@@ -5,21 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import request
-from flask.json.provider import DefaultJSONProvider
 from marshmallow import Schema, ValidationError
 
 from inferno_jobs import codec
 from inferno_jobs.errors import InvalidRequest
-
-
-class JSONProvider(DefaultJSONProvider):
-    """Flask's JSON, keeping keys in order, with request bodies parsed by :func:`inferno_jobs.codec.parse`
-    (JSON that no record can hold is refused there)."""
-
-    sort_keys = False
-
-    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        return codec.parse(s)
 
 
 def json_body() -> Any:

@@ -67,12 +67,12 @@ def parse(data: str | bytes) -> Any:
     return value
 
 
-_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
 def dumps(value: Any) -> bytes:
     """Compact JSON bytes of ``value``."""
-    return orjson.dumps(value, option=_OPTIONS)
+    return orjson.dumps(value, option=OPTIONS)
 
 
 loads = orjson.loads

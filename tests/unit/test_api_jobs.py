@@ -93,8 +93,8 @@ def test_bad_submissions_get_the_contract_error(client, celery_stub, body, statu
     ("{not json", "application/json"), ("", "application/json"), ("[1, 2]", "application/json"),
     ("\xff\xfe", "application/json"), ("null", "application/json"), ("42", "text/plain"),
     # valid JSON that no record can hold (inferno_jobs/codec.py): a lone surrogate, deep nesting, a huge integer
-    ('{"type": "predict", "model": "iris", "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}, "metadata": {"x": "\\ud800"}}',
-     "application/json"),
+    ('{"type": "predict", "model": "iris", "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}, '
+     '"metadata": {"x": "\\ud800"}}', "application/json"),
     ('{"type": "embedding", "model": "minilm", "input": {"input": "a \\udc00 b"}}', "application/json"),
     ('{"metadata": ' + "[" * 5000 + "]" * 5000 + "}", "application/json"),
     ('{"metadata": ' + "[" * 100 + "]" * 100 + "}", "application/json"),

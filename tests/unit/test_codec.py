@@ -14,7 +14,8 @@ def test_callers_json_keeps_64_bit_integers_and_refuses_larger_ones():
 
 
 def test_callers_json_must_be_text_and_shallow_enough_to_store():
-    assert codec.parse('{"ok": "caf\\u00e9 \\ud83d\\ude00"}') == {"ok": "caf\u00e9 \U0001f600"}  # a surrogate pair is text
+    # a surrogate pair is text
+    assert codec.parse('{"ok": "caf\\u00e9 \\ud83d\\ude00"}') == {"ok": "caf\u00e9 \U0001f600"}
     for text in ('"\\ud800"', '{"\\udfff": 1}', '["fine", {"deep": ["x\\ud800y"]}]'):
         with pytest.raises(codec.UnstorableJSON, match="lone surrogate"):
             codec.parse(text)
