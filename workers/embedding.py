@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from inferno_jobs import codec
 from inferno_jobs.errors import InfernoError, InvalidRequest
 from workers.runner import Runner
 from workers.tokenizer import load_tokenizer
@@ -115,6 +116,7 @@ class EmbeddingRunner(Runner):
         if not texts:
             return parts  # type: ignore[return-value]
         vectors, lengths = self.embed(texts)
+        rows = float32_rows(vectors)
         results: list[dict | InfernoError] = []
         offset = 0
         for part in parts:
@@ -123,7 +125,15 @@ class EmbeddingRunner(Runner):
                 continue
             n = len(part)
             tokens = sum(lengths[offset:offset + n])
-            results.append({"embeddings": vectors[offset:offset + n].tolist(), "dim": int(vectors.shape[1]),
+            results.append({"embeddings": rows[offset:offset + n], "dim": int(vectors.shape[1]),
                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
             offset += n
         return results
+
+
+def float32_rows(vectors: np.ndarray) -> list[list[float]]:
+    """The rows as Python floats, each the shortest decimal that reads back as the same float32 (as orjson writes a
+    float32 array). ``tolist()`` gives float64 values whose 17 digits carry nothing the model computed: a stored
+    384-float vector is ~4.7 KB this way instead of ~8 KB, in Redis and in every response, and each value still
+    converts back to its float32 exactly (``encoding_format: base64`` sends those bytes)."""
+    return codec.loads(codec.dumps(np.ascontiguousarray(vectors, dtype=np.float32)))

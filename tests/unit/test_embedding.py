@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from inferno_jobs import codec
 from inferno_jobs.errors import InvalidRequest
 from inferno_jobs.model import ModelConfig
 from workers.embedding import EmbeddingRunner
@@ -53,6 +54,14 @@ def test_result_shape_and_usage(runner):
     # [CLS] hello world [SEP] + [CLS] hi [SEP]
     assert result["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
     assert np.allclose(np.linalg.norm(result["embeddings"], axis=1), 1.0, atol=1e-5)
+
+
+def test_results_keep_the_models_float32_values_exactly_in_short_decimals(runner):
+    vectors, _ = runner.embed(TEXTS)
+    (result,) = runner.run_batch([{"input": TEXTS}])
+    assert (np.asarray(result["embeddings"], dtype=np.float32) == vectors).all()  # bit for bit, back in float32
+    assert all(isinstance(x, float) for x in result["embeddings"][0])
+    assert len(codec.dumps(result["embeddings"])) < 0.65 * len(codec.dumps(vectors.tolist()))
 
 
 def test_matches_numpy_reference(runner):
