@@ -14,11 +14,10 @@ import logging
 from flask import Blueprint, g, jsonify, request, url_for
 from marshmallow import Schema, fields
 
-from api.body import load
+from api.body import load, parse_json
 from api.jobs import job_body, submit
 from api.ratelimit import count_request
 from api.request_context import services
-from inferno_jobs import codec
 from inferno_jobs.errors import InfernoError, InvalidRequest, NotFound, RateLimitExceeded
 from inferno_jobs.ingest import DeliveryRefused, Replayed, ReplayGuard, SourceRegistry, job_request, verify
 from inferno_jobs.metrics import INGEST_WEBHOOKS
@@ -125,9 +124,4 @@ def ingest(source: str | None = None):
 
 
 def _parse(body: bytes):
-    try:
-        return codec.parse(body)
-    except codec.UnstorableJSON as exc:
-        raise InvalidRequest(str(exc)) from None
-    except ValueError:  # also a body that is not UTF-8
-        raise InvalidRequest("the event must be valid JSON" if body else "the event is empty; send JSON") from None
+    return parse_json(body, "the event must be valid JSON" if body else "the event is empty; send JSON")

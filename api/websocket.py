@@ -23,12 +23,12 @@ from flask import Blueprint, current_app, g, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
+from api.body import parse_json
 from api.compat_schemas import WebSocketInference, load_request
 from api.ratelimit import count_request, limits_for_caller, subject
 from api.request_context import services
 from api.seed_inference import generation_job
 from api.sync_jobs import job_error, stream_tokens
-from inferno_jobs import codec
 from inferno_jobs.apikey import LOCAL_TENANT
 from inferno_jobs.errors import AuthenticationFailed, Conflict, InfernoError, InvalidRequest, JobNotFound
 from inferno_jobs.job import Job, JobStatus, isoformat, now
@@ -89,12 +89,7 @@ class Session:
             self.cancel_all()
 
     def handle(self, raw) -> None:
-        try:
-            message = codec.parse(raw)
-        except codec.UnstorableJSON as exc:
-            raise InvalidRequest(str(exc)) from None
-        except ValueError:
-            raise InvalidRequest("messages must be JSON objects") from None
+        message = parse_json(raw, "messages must be JSON objects")
         if not isinstance(message, dict):
             raise InvalidRequest("messages must be JSON objects")
         kind = message.get("type")
