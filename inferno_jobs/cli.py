@@ -62,9 +62,10 @@ def api(host: str | None, port: int | None, workers: int, threads: int) -> None:
     """Serve the API under gunicorn."""
     settings = _settings()
     bind = f"{host or settings.api_host}:{port or settings.api_port}"
-    # gthread workers: streams and sockets hold a thread, not the process; gunicorn does not buffer responses.
+    # gthread workers (streams and sockets hold a thread, not the process; gunicorn does not buffer responses) that
+    # serve a busy keep-alive connection's requests in place (api/keepalive.py).
     argv = [sys.executable, "-m", "gunicorn", "api.wsgi:app", "--bind", bind, "--workers", str(workers),
-            "--worker-class", "gthread", "--threads", str(threads),
+            "--worker-class", "api.keepalive.KeepAliveWorker", "--threads", str(threads),
             "--graceful-timeout", "20"]
     os.execv(sys.executable, argv)
 

@@ -1,0 +1,123 @@
+"""The API's gunicorn worker (api/keepalive.py) on a real socket: ``inferno-jobs api`` with one process of two
+threads, so that a thread kept by a quiet connection would show as a request left waiting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from inferno_jobs.redis_server import free_port
+from tests.conftest import ROOT, wait_for
+
+pytestmark = pytest.mark.integration
+
+HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.fixture
+def api_server(live_settings, live_redis):
+    """Start ``inferno-jobs api --workers 1 --threads 2`` with a given ``--keep-alive``; yields (port, process)."""
+    started = []
+
+    def start(keepalive_s: int):
+        port = free_port()
+        env = {**os.environ, **live_settings.env(), "PYTHONPATH": str(ROOT),
+               "GUNICORN_CMD_ARGS": f"--keep-alive {keepalive_s}"}
+        process = subprocess.Popen([sys.executable, "-m", "inferno_jobs.cli", "api", "--port", str(port),
+                                    "--workers", "1", "--threads", "2"], env=env, cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        started.append(process)
+        wait_for(lambda: _answers(port), 90, 0.2)
+        return port, process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(HEALTH)
+            return _read_response(sock).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def _read_response(sock: socket.socket, buffered: bytearray | None = None) -> bytes:
+    """One HTTP response (headers and a Content-Length body) from ``sock``; bytes past it stay in ``buffered``."""
+    buffered = bytearray() if buffered is None else buffered
+    while b"\r\n\r\n" not in buffered:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before a response")
+        buffered += chunk
+    head, _, _ = bytes(buffered).partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    end = len(head) + 4 + length
+    while len(buffered) < end:
+        buffered += sock.recv(65536)
+    response = bytes(buffered[:end])
+    del buffered[:end]
+    return response
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(HEALTH)
+    assert _read_response(sock).startswith(b"HTTP/1.1 200")
+    return sock
+
+
+def test_one_connection_serves_request_after_request_and_pipelined_ones(api_server):
+    port, _ = api_server(30)
+    sock = _connect(port)
+    for _ in range(50):
+        sock.sendall(HEALTH)
+        assert _read_response(sock).startswith(b"HTTP/1.1 200")
+    sock.sendall(HEALTH * 3)  # three requests in one write: the second and third are read ahead with the first
+    buffered = bytearray()
+    assert [_read_response(sock, buffered)[:12] for _ in range(3)] == [b"HTTP/1.1 200"] * 3
+    assert not buffered
+    sock.close()
+
+
+def test_quiet_connections_give_their_threads_to_waiting_ones(api_server):
+    port, _ = api_server(30)
+    quiet = [_connect(port) for _ in range(4)]  # each answered once, then silent: more than the two threads
+    began = time.monotonic()
+    fresh = _connect(port)  # a thread kept by a quiet connection for its 30 s keep-alive would leave this waiting
+    assert time.monotonic() - began < 10
+    for sock in quiet + [fresh]:  # the quiet ones went back to the poller, still open
+        sock.sendall(HEALTH)
+        assert _read_response(sock).startswith(b"HTTP/1.1 200")
+        sock.close()
+
+
+def test_a_connection_quiet_for_the_keep_alive_timeout_is_closed(api_server):
+    port, _ = api_server(1)
+    sock = _connect(port)
+    sock.settimeout(15)
+    assert sock.recv(1) == b""  # closed by the server, not left open
+    sock.close()
+
+
+def test_a_stopping_server_does_not_wait_out_quiet_connections(api_server):
+    port, process = api_server(30)
+    quiet = [_connect(port) for _ in range(2)]
+    began = time.monotonic()
+    process.terminate()
+    process.wait(timeout=30)
+    assert time.monotonic() - began < 12  # not the 20 s graceful timeout, nor the 30 s keep-alive
+    for sock in quiet:
+        sock.settimeout(5)
+        assert sock.recv(1) == b""
+        sock.close()
