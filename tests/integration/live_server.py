@@ -1,13 +1,20 @@
 """Helpers for tests that need the API on a real socket (the openai client, SSE, WebSocket): a threaded werkzeug
-server, and a worker whose streaming jobs publish tokens slowly enough to cancel one mid-stream."""
+server, the production server (``inferno-jobs api``: gunicorn), and a worker whose streaming jobs publish tokens
+slowly enough to cancel one mid-stream."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+import urllib.request
 from pathlib import Path
 
+from inferno_jobs.config import Settings
 from inferno_jobs.redis_server import free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 
 class LiveServer:
@@ -25,6 +32,39 @@ class LiveServer:
     def close(self) -> None:
         self.server.shutdown()
         self.thread.join(5)
+
+
+class GunicornServer:
+    """``inferno-jobs api`` (gunicorn and its worker class, as deployed) on a free port, for ``settings``."""
+
+    def __init__(self, settings: Settings, workers: int = 1, threads: int = 8):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, **settings.env(), "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen([sys.executable, "-m", "inferno_jobs.cli", "api", "--port", str(self.port),
+                                         "--workers", str(workers), "--threads", str(threads)], env=env, cwd=ROOT,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_for(self._answers, 90, 0.2)
+        except AssertionError:
+            self.close()
+            raise
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
 
 
 # tiny-gpt makes a token in about a millisecond: too fast to cancel a generation halfway. This sitecustomize,

@@ -1,6 +1,7 @@
 """The seeds' endpoints and streaming through a real server and worker: every seed request as its document
 writes it (adapted to the demo models), tokens over SSE and WebSocket as they are generated, and cancellation by
-a WebSocket cancel message or a disconnecting SSE client."""
+a WebSocket cancel message or a disconnecting SSE client; each under werkzeug (``inferno-jobs dev``) and under
+gunicorn (``inferno-jobs api``, as deployed)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import pytest
 import requests
 
 from tests.conftest import wait_for
-from tests.integration.live_server import LiveServer, slow_token_env
+from tests.integration.live_server import GunicornServer, LiveServer, slow_token_env
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def server(live_app):
-    s = LiveServer(live_app)
+@pytest.fixture(params=["werkzeug", "gunicorn"])
+def server(request, live_app, live_settings):
+    s = LiveServer(live_app) if request.param == "werkzeug" else GunicornServer(live_settings)
     yield s
     s.close()
 
