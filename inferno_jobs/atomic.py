@@ -70,7 +70,7 @@ return out
 """
 
 
-@functools.lru_cache(maxsize=64)  # a handful of scripts, hashed on every transaction that runs them
+@functools.lru_cache(maxsize=64)  # a handful of scripts (and the runner), hashed on every transaction that runs them
 def _sha(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
@@ -151,8 +151,17 @@ def execute(writes, keep: int = 0, *, unchanged: dict[str, bytes | None] | None 
     unchanged = unchanged or {}
     argv = _argv(unchanged, guard, [args for args, _options in writes.command_stack], keep)
     writes.reset()
-    writes.eval(runner(), 0, *argv)
-    replies = writes.execute()[-1]
+    # The runner by its sha1: its text (~4 KB) would be sent, and hashed by Redis, on every call. A server that
+    # does not have it cached (restarted, or its scripts flushed) answers NOSCRIPT having run nothing; EVAL then
+    # runs it and caches it again.
+    text = runner()
+    writes.evalsha(_sha(text), 0, *argv)
+    try:
+        replies = writes.execute()[-1]
+    except redis.exceptions.NoScriptError:
+        writes.reset()
+        writes.eval(text, 0, *argv)
+        replies = writes.execute()[-1]
     if replies[0] == 0:
         raise redis.WatchError(f"changed since read: one of {', '.join(map(str, unchanged))}")
     if guard is not None:

@@ -40,6 +40,26 @@ def test_commands_run_in_order_with_nested_scripts_and_the_last_replies(live_red
     assert writes.command_stack == []
 
 
+def test_the_runner_is_sent_by_its_sha1_and_again_as_text_to_a_server_that_lost_it(live_redis):
+    def calls():
+        stats = live_redis.info("commandstats")
+        return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("eval", "evalsha")}
+
+    def bump():
+        writes = live_redis.pipeline(transaction=False)
+        writes.eval(_BUMP, 1, "counter", 1)
+        return atomic.execute(writes, 1)[0]
+
+    bump()  # cached by the server now, whatever ran before
+    before = calls()
+    assert [bump(), bump()] == [b"2", b"3"]
+    assert calls() == {"eval": before["eval"], "evalsha": before["evalsha"] + 2}  # no 4 KB of Lua per call
+    live_redis.script_flush()  # as after a restart: the server's script cache is empty
+    assert bump() == b"4"  # NOSCRIPT ran nothing; the text is sent once and runs once
+    assert calls()["eval"] == before["eval"] + 1
+    assert bump() == b"5" and calls()["eval"] == before["eval"] + 1  # by its sha1 again
+
+
 def test_a_script_that_was_not_declared_is_refused_before_anything_runs(live_redis):
     writes = live_redis.pipeline(transaction=False)
     writes.set("c", "1")

@@ -61,7 +61,8 @@ def _read_response(sock: socket.socket, buffered: bytearray | None = None) -> by
             raise ConnectionError("closed before a response")
         buffered += chunk
     head, _, _ = bytes(buffered).partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
     end = len(head) + 4 + length
     while len(buffered) < end:
         buffered += sock.recv(65536)
