@@ -131,6 +131,18 @@ def live_settings(redis_server, model_dir) -> Settings:
                              key_prefix=f"t{uuid.uuid4().hex[:8]}", reconcile_interval_s=1, lease_s=6)
 
 
+def stop_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
+    """Signal the process group of ``process`` (started with ``start_new_session=True``), and SIGKILL the group
+    if it has not exited within ``timeout_s``."""
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 class WorkerProcess:
     """A real ``celery worker`` process for one pool."""
 
@@ -168,13 +180,7 @@ class WorkerProcess:
         return [int(p) for p in out.split()]
 
     def stop(self, sig=signal.SIGTERM, timeout_s: float = 30) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process, sig, timeout_s)
         self.log.close()
 
 

@@ -5,7 +5,6 @@ slowly enough to cancel one mid-stream."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from inferno_jobs.config import Settings
 from inferno_jobs.redis_server import free_port
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, stop_group, wait_for
 
 
 class LiveServer:
@@ -58,13 +57,7 @@ class GunicornServer:
             return False
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process)
 
 
 # tiny-gpt makes a token in about a millisecond: too fast to cancel a generation halfway. This sitecustomize,

@@ -4,14 +4,13 @@ lower-priority runs that keep every process of the pool busy."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, stop_group, wait_for
 from tests.slow_model import build_slow_model
 
 pytestmark = pytest.mark.integration
@@ -32,12 +31,7 @@ def pool(live_settings, live_redis, tmp_path):
                              for name in (f"cpu@{host}", f"cpu-express@{host}")), timeout_s=60)
         yield process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=5)  # warm shutdown would wait for the slow job
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, timeout_s=5)  # warm shutdown would wait for the slow job
 
 
 def _submit(api, body):

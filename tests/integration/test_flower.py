@@ -4,9 +4,7 @@ through its REST API and in headless Chromium."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -16,7 +14,7 @@ import pytest
 import requests
 
 from inferno_jobs.cli import flower_command
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, stop_group, wait_for
 from tests.unit.test_webhooks import IRIS
 
 pytestmark = pytest.mark.integration
@@ -51,11 +49,7 @@ def flower(live_settings, live_redis):
             return process.poll() is not None and pytest.fail(log_path.read_text()[-3000:])
     wait_for(up, timeout_s=30, interval_s=0.2)
     yield url
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    stop_group(process, timeout_s=10)
 
 
 def test_flower_shows_the_worker_and_each_task_with_its_job_and_model(flower, api, start_worker):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from inferno_jobs.redis_server import free_port
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, stop_group, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +38,7 @@ def api_server(live_settings, live_redis):
 
     yield start
     for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, signal.SIGKILL)
 
 
 def _answers(port: int) -> bool:
