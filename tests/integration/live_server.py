@@ -36,10 +36,10 @@ class LiveServer:
 class GunicornServer:
     """``inferno-jobs api`` (gunicorn and its worker class, as deployed) on a free port, for ``settings``."""
 
-    def __init__(self, settings: Settings, workers: int = 1, threads: int = 8):
+    def __init__(self, settings: Settings, workers: int = 1, threads: int = 8, extra_env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **settings.env(), "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **settings.env(), "PYTHONPATH": str(ROOT), **(extra_env or {})}
         self.process = subprocess.Popen([sys.executable, "-m", "inferno_jobs.cli", "api", "--port", str(self.port),
                                          "--workers", str(workers), "--threads", str(threads)], env=env, cwd=ROOT,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -3,17 +3,12 @@ threads, so that a thread kept by a quiet connection would show as a request lef
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
-from inferno_jobs.redis_server import free_port
-from tests.conftest import ROOT, stop_group, wait_for
+from tests.integration.live_server import GunicornServer
 
 pytestmark = pytest.mark.integration
 
@@ -22,32 +17,18 @@ HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 
 @pytest.fixture
 def api_server(live_settings, live_redis):
-    """Start ``inferno-jobs api --workers 1 --threads 2`` with a given ``--keep-alive``; yields (port, process)."""
+    """Start ``inferno-jobs api --workers 1 --threads 2`` with a given ``--keep-alive``."""
     started = []
 
-    def start(keepalive_s: int):
-        port = free_port()
-        env = {**os.environ, **live_settings.env(), "PYTHONPATH": str(ROOT),
-               "GUNICORN_CMD_ARGS": f"--keep-alive {keepalive_s}"}
-        process = subprocess.Popen([sys.executable, "-m", "inferno_jobs.cli", "api", "--port", str(port),
-                                    "--workers", "1", "--threads", "2"], env=env, cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        started.append(process)
-        wait_for(lambda: _answers(port), 90, 0.2)
-        return port, process
+    def start(keepalive_s: int) -> GunicornServer:
+        server = GunicornServer(live_settings, threads=2,
+                                extra_env={"GUNICORN_CMD_ARGS": f"--keep-alive {keepalive_s}"})
+        started.append(server)
+        return server
 
     yield start
-    for process in started:
-        stop_group(process, signal.SIGKILL)
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(HEALTH)
-            return _read_response(sock).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
+    for server in started:
+        server.close()
 
 
 def _read_response(sock: socket.socket, buffered: bytearray | None = None) -> bytes:
@@ -69,16 +50,15 @@ def _read_response(sock: socket.socket, buffered: bytearray | None = None) -> by
     return response
 
 
-def _connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+def _connect(server: GunicornServer) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
     sock.sendall(HEALTH)
     assert _read_response(sock).startswith(b"HTTP/1.1 200")
     return sock
 
 
 def test_one_connection_serves_request_after_request_and_pipelined_ones(api_server):
-    port, _ = api_server(30)
-    sock = _connect(port)
+    sock = _connect(api_server(30))
     for _ in range(50):
         sock.sendall(HEALTH)
         assert _read_response(sock).startswith(b"HTTP/1.1 200")
@@ -90,10 +70,10 @@ def test_one_connection_serves_request_after_request_and_pipelined_ones(api_serv
 
 
 def test_quiet_connections_give_their_threads_to_waiting_ones(api_server):
-    port, _ = api_server(30)
-    quiet = [_connect(port) for _ in range(4)]  # each answered once, then silent: more than the two threads
+    server = api_server(30)
+    quiet = [_connect(server) for _ in range(4)]  # each answered once, then silent: more than the two threads
     began = time.monotonic()
-    fresh = _connect(port)  # a thread kept by a quiet connection for its 30 s keep-alive would leave this waiting
+    fresh = _connect(server)  # a thread kept by a quiet connection for its 30 s keep-alive would leave this waiting
     assert time.monotonic() - began < 10
     for sock in quiet + [fresh]:  # the quiet ones went back to the poller, still open
         sock.sendall(HEALTH)
@@ -102,19 +82,18 @@ def test_quiet_connections_give_their_threads_to_waiting_ones(api_server):
 
 
 def test_a_connection_quiet_for_the_keep_alive_timeout_is_closed(api_server):
-    port, _ = api_server(1)
-    sock = _connect(port)
+    sock = _connect(api_server(1))
     sock.settimeout(15)
     assert sock.recv(1) == b""  # closed by the server, not left open
     sock.close()
 
 
 def test_a_stopping_server_does_not_wait_out_quiet_connections(api_server):
-    port, process = api_server(30)
-    quiet = [_connect(port) for _ in range(2)]
+    server = api_server(30)
+    quiet = [_connect(server) for _ in range(2)]
     began = time.monotonic()
-    process.terminate()
-    process.wait(timeout=30)
+    server.process.terminate()
+    server.process.wait(timeout=30)
     assert time.monotonic() - began < 12  # not the 20 s graceful timeout, nor the 30 s keep-alive
     for sock in quiet:
         sock.settimeout(5)
