@@ -5,6 +5,9 @@ remote control (executed on the consumer's event loop, so nothing here touches t
 to ``cancel_consumer`` a paused queue and ``add_consumer`` a resumed one. kombu asks for queues in the order they
 were added (``queue_order_strategy=priority``), so resuming a queue also re-adds every lower-priority queue after
 it: strict priority holds after any pause and resume.
+
+A node manages only the queues it was started on (its ``-Q``, :func:`node_queues`): the cpu pool's express lane
+consumes its high queue alone, and pausing and resuming another queue must not hand it that queue.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from inferno_jobs.queue import pool_queues
 from inferno_jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -30,8 +34,17 @@ def plan(queues: list[str], consuming: list[str], paused: set[str]) -> tuple[lis
     return consuming[keep:], want[keep:]
 
 
+def node_queues(celery, pool: str) -> list[str]:
+    """The queues of ``pool`` that this worker node was started on (``celery worker -Q``), highest priority first.
+
+    Read from Celery's queue selection, so call it before any ``add_consumer``/``cancel_consumer`` changed it
+    (at ``worker_ready``). A node started without ``-Q`` consumes them all."""
+    selected = celery.amqp.queues.consume_from
+    return [queue for queue in pool_queues(pool) if queue in selected]
+
+
 class ConsumerSync:
-    """Runs :func:`plan` against the paused set every ``interval_s`` for one worker node."""
+    """Runs :func:`plan` against the paused set every ``interval_s`` for one worker node started on ``queues``."""
 
     def __init__(self, store: JobStore, celery, hostname: str, queues: list[str], interval_s: float = 1.0):
         self.store = store

@@ -10,7 +10,6 @@ import redis
 from inferno_jobs.config import Settings
 from inferno_jobs.engine_config import EngineConfigReader
 from inferno_jobs.job import now
-from inferno_jobs.queue import pool_queues
 from inferno_jobs.store import JobStore
 
 
@@ -73,15 +72,16 @@ class Runtime:
         from workers.celery_app import HARD_LIMIT_GRACE_S, enqueue
         from workers.reconciler import Reconciler
 
+        from workers.consumers import ConsumerSync, node_queues  # paused queues: docs/operations.md#queue-controls
+
+        # The node's own queues (its -Q): what its heartbeat reports (GET /workers, /queues) and what its consumer
+        # sync may cancel and re-add; the express lane serves its high queue only.
+        queues = node_queues(celery, self.settings.worker_pool)
         self._reconciler = Reconciler(self.store, lambda job: enqueue(celery, job),
                                       hostname=hostname or f"worker@{os.uname().nodename}",
-                                      pool=self.settings.worker_pool,
-                                      queues=pool_queues(self.settings.worker_pool), grace_s=HARD_LIMIT_GRACE_S)
+                                      pool=self.settings.worker_pool, queues=queues, grace_s=HARD_LIMIT_GRACE_S)
         self._reconciler.start()
-        from workers.consumers import ConsumerSync  # paused queues: docs/operations.md#queue-controls
-
-        self._consumers = ConsumerSync(self.store, celery, self._reconciler.hostname,
-                                       pool_queues(self.settings.worker_pool)).start()
+        self._consumers = ConsumerSync(self.store, celery, self._reconciler.hostname, queues).start()
 
     def stop_reconciler(self) -> None:
         """Stop the reconciler thread, if this process runs one."""

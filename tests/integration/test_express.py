@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -16,6 +17,7 @@ from tests.slow_model import build_slow_model
 pytestmark = pytest.mark.integration
 
 IRIS = {"type": "predict", "model": "iris", "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}}
+HIGH, NORMAL, LOW = "inferno.cpu.high", "inferno.cpu.normal", "inferno.cpu.low"
 
 
 @pytest.fixture
@@ -53,3 +55,37 @@ def test_a_high_job_runs_while_every_pool_process_is_busy_with_low_jobs(api, poo
     first, second = (api.get(f"/jobs/{i}").get_json() for i in lows)
     assert first["status"] == "running" and second["status"] == "queued"
     assert done["attempt_history"][0]["worker"] != first["attempt_history"][0]["worker"]
+
+
+def _consuming(celery, node: str) -> list[str]:
+    """The queues ``node`` consumes now, as its Celery consumer answers them."""
+    answer = celery.control.inspect(destination=[node], timeout=5).active_queues() or {}
+    return [q["name"] for q in answer.get(node, [])]
+
+
+def test_pausing_and_resuming_a_queue_leaves_the_express_lane_on_its_high_queue(api, pool, live_settings,
+                                                                               model_dir):
+    from workers.celery_app import make_celery
+
+    celery = make_celery(live_settings)
+    host = socket.gethostname()
+    main, express = f"cpu@{host}", f"cpu-express@{host}"
+    assert _consuming(celery, express) == [HIGH]
+    for action, main_queues in (("pause", [HIGH, NORMAL]), ("resume", [HIGH, NORMAL, LOW])):
+        assert api.post(f"/queues/{LOW}/{action}").status_code == 200
+        wait_for(lambda: sorted(_consuming(celery, main)) == sorted(main_queues), timeout_s=15)
+    time.sleep(2.5)  # every node's consumer sync has run twice since the resume
+    assert _consuming(celery, express) == [HIGH]
+    workers = {w["name"]: w for w in api.get("/workers").get_json()["workers"]}
+    assert workers[express]["queues"] == [HIGH] and workers[main]["queues"] == [HIGH, NORMAL, LOW]
+    queues = {q["name"]: q for q in api.get("/queues").get_json()["queues"]}
+    assert queues[LOW]["workers"] == [main] and sorted(queues[HIGH]["workers"]) == sorted([main, express])
+
+    # And it does what it says: with the pool's one process on a slow low job, the next low job waits for it
+    # instead of going to the idle express lane.
+    build_slow_model(model_dir, name="slow-resumed", iterations=800)
+    slow = {"type": "predict", "model": "slow-resumed", "input": {"features": [[1, 2, 3, 4]]}, "priority": "low"}
+    lows = [_submit(api, slow) for _ in range(2)]
+    wait_for(lambda: api.get(f"/jobs/{lows[0]}").get_json()["status"] == "running", timeout_s=30)
+    time.sleep(1.5)
+    assert api.get(f"/jobs/{lows[1]}").get_json()["status"] == "queued"

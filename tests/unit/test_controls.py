@@ -11,7 +11,7 @@ from inferno_jobs.job import Job, JobStatus, JobType, Priority, now, retry, tran
 from inferno_jobs.metrics import record_worker_jobs
 from inferno_jobs.store import JobStore
 from workers.batching import BatchRunner
-from workers.consumers import plan
+from workers.consumers import node_queues, plan
 
 IRIS = {"type": "predict", "model": "iris", "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}}
 LOW = "inferno.cpu.low"
@@ -140,3 +140,15 @@ def test_consumer_plan_keeps_strict_priority_order():
     assert plan(queues, queues, {"q.normal"}) == (["q.normal", "q.low"], ["q.low"])
     assert plan(queues, ["q.high", "q.low"], set()) == (["q.low"], ["q.normal", "q.low"])
     assert plan(queues, queues, {"q.high"}) == (queues, ["q.normal", "q.low"])
+
+
+def test_a_node_manages_only_the_queues_it_was_started_on(settings):
+    from workers.celery_app import make_celery
+
+    everything = make_celery(settings)  # started without -Q
+    assert node_queues(everything, "cpu") == ["inferno.cpu.high", "inferno.cpu.normal", "inferno.cpu.low"]
+    express = make_celery(settings)
+    express.amqp.queues.select(["inferno.cpu.high"])  # what ``celery worker -Q inferno.cpu.high`` does
+    assert node_queues(express, "cpu") == ["inferno.cpu.high"]
+    # so pausing and resuming another queue plans nothing for it
+    assert plan(["inferno.cpu.high"], ["inferno.cpu.high"], {"inferno.cpu.low"}) == ([], [])
