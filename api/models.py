@@ -11,6 +11,7 @@ from flask import Blueprint, jsonify
 from api.auth import require_operator_or_key
 from api.controls import require_admin
 from api.request_context import services
+from inferno_jobs import blocking
 from inferno_jobs.circuit import CircuitBreaker
 from inferno_jobs.errors import Timeout
 from inferno_jobs.job import new_id, now
@@ -117,7 +118,11 @@ def run_validation(model) -> dict:
     svc = services()
     reply_key = svc.store.keys.model_validation(new_id("val"))
     svc.celery.send_task(VALIDATE_MODEL, args=[model.name, reply_key], queue=queue_name(model.pool, "high"))
-    reply = svc.redis.blpop([reply_key], timeout=VALIDATE_WAIT_S)
+    reply = None
+    for wait_s in blocking.slices(svc.redis, VALIDATE_WAIT_S):  # each BLPOP within the socket timeout
+        reply = svc.redis.blpop([reply_key], timeout=wait_s)
+        if reply is not None:
+            break
     if reply is None:
         raise Timeout(f"no {model.pool} worker validated {model.name!r} within {VALIDATE_WAIT_S} s",
                       details={"pool": model.pool})

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
+from inferno_jobs import blocking
 from inferno_jobs.config import Settings
 from inferno_jobs.job import Job, JobStatus, now
 from inferno_jobs.keyspace import Keyspace
@@ -72,12 +73,17 @@ class JobEvents:
 
     def read(self, positions: dict[str, str], block_ms: int) -> list[tuple[str, Event]]:
         """Entries after ``positions`` (job id -> last entry id read, ``"0"`` for the start) of several jobs,
-        waiting up to ``block_ms`` for the first one; ``[(job_id, event)]`` in stream order per job."""
+        waiting up to ``block_ms`` for the first one (in XREADs shorter than the client's socket timeout:
+        inferno_jobs/blocking.py); ``[(job_id, event)]`` in stream order per job."""
         if not positions:
             return []
         streams = {self.keys.job_events(job_id): last for job_id, last in positions.items()}
         job_of = {self.keys.job_events(job_id): job_id for job_id in positions}
-        reply = self.redis.xread(streams, block=max(1, int(block_ms)), count=500) or []
+        reply = []
+        for wait_s in blocking.slices(self.redis, block_ms / 1000):  # each XREAD within the socket timeout
+            reply = self.redis.xread(streams, block=max(1, int(wait_s * 1000)), count=500) or []
+            if reply:
+                break
         out = []
         for key, entries in reply:
             job_id = job_of[_text(key)]
