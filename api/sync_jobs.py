@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from typing import Iterator
 
+import redis
 from flask import Response, stream_with_context
 
 from api.jobs import submit
@@ -22,6 +24,8 @@ from inferno_jobs.errors import (ERRORS_BY_CODE, Conflict, ContextLengthExceeded
 from inferno_jobs.events import STATUS, Event
 from inferno_jobs.job import Job, JobStatus, JobType, Priority
 from inferno_jobs.store import JobStore
+
+log = logging.getLogger(__name__)
 
 
 def submit_now(data: dict, owner: str, *, stream: bool = False) -> Job:
@@ -106,8 +110,19 @@ def result_of(job: Job) -> dict:
 def follow(store: JobStore, job_id: str, *, idle_s: float, tick_s: float) -> Iterator[Event | None]:
     """The events of ``job_id`` from its start until its terminal status; ``None`` after each quiet ``tick_s``.
 
-    Raises :class:`Timeout` after ``idle_s`` with no event (the job goes on; its id is in the error).
+    Raises :class:`Timeout` after ``idle_s`` with no event, and :class:`InternalError` when its events cannot be
+    read (Redis unreachable); the job goes on either way, and its id is in the error. So every stream ends with an
+    error its client can read rather than a dropped connection.
     """
+    try:
+        yield from _follow(store, job_id, idle_s=idle_s, tick_s=tick_s)
+    except redis.RedisError as exc:
+        log.warning("following a job's events failed", extra={"job_id": job_id, "error": repr(exc)})
+        raise InternalError(f"following job {job_id} failed ({exc.__class__.__name__}); poll GET /jobs/{job_id} "
+                            "for its result", details={"job_id": job_id}) from exc
+
+
+def _follow(store: JobStore, job_id: str, *, idle_s: float, tick_s: float) -> Iterator[Event | None]:
     last, quiet_since = "0", time.monotonic()
     while True:
         events = store.events.read({job_id: last}, block_ms=tick_s * 1000)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 
 from flask import Blueprint, current_app, g, request
@@ -30,11 +31,12 @@ from api.request_context import services
 from api.seed_inference import generation_job
 from api.sync_jobs import job_error, stream_tokens
 from inferno_jobs.apikey import LOCAL_TENANT
-from inferno_jobs.errors import AuthenticationFailed, Conflict, InfernoError, InvalidRequest, JobNotFound
+from inferno_jobs.errors import AuthenticationFailed, Conflict, InfernoError, InternalError, InvalidRequest, JobNotFound
 from inferno_jobs.job import Job, JobStatus, isoformat, now
 
 bp = Blueprint("websocket", __name__)
 sock = Sock()
+log = logging.getLogger(__name__)
 
 
 class Session:
@@ -136,6 +138,11 @@ class Session:
                         self.error(value, request_id)
             except ConnectionClosed:
                 pass
+            except Exception:  # Redis gone, say: the client hears it instead of waiting for a message that never comes
+                log.exception("forwarding a job's events failed", extra={"job_id": job.id})
+                with contextlib.suppress(ConnectionClosed):
+                    self.error(InternalError(f"following job {job.id} failed; poll GET /jobs/{job.id} for its "
+                                             "result", details={"job_id": job.id}), request_id)
             finally:
                 self.jobs.pop(request_id, None)
 
