@@ -400,7 +400,7 @@ def deliveries(batch_id: str):
     """Every webhook delivery attempt of a batch, oldest first."""
     batch = batch_store().get(batch_id, tenant())
     log = DeliveryLog(services().redis, batch_store().keys)
-    return jsonify(DeliveryList().dump({"job_id": batch.id, "data": log.list(batch.id)}))
+    return jsonify(DeliveryList().dump({"batch_id": batch.id, "data": log.list(batch.id)}))
 
 
 # -- the seeds' /batch -------------------------------------------------------------------------------------------

@@ -57,6 +57,10 @@ ROUTES = {
                                            (401, 404, 409))},
     "/batches/{batch_id}/deliveries": {"get": ("A batch's webhook delivery attempts", None, 200, "DeliveryList",
                                                (401, 404))},
+    "/batches/{batch_id}/deliveries/{n}/replay": {
+        "post": ("Send a delivery attempt's event again (same webhook-id)", None, 202, "ReplayResponse",
+                 (401, 404, 409)),
+    },
     "/batch": {"post": ("Submit a batch (the seeds' shape)", "BatchRequest", 202, "SeedBatchResponse",
                         (400, 401, 404, 413))},
     "/batch/{batch_id}": {"get": ("A batch's status (the seeds' shape)", None, 200, "SeedBatchStatus", (401, 404))},

@@ -29,6 +29,7 @@ from inferno_jobs.config import Settings
 from inferno_jobs.errors import BatchNotFound, Conflict
 from inferno_jobs.job import new_id, now
 from inferno_jobs.keyspace import Keyspace
+from inferno_jobs.webhooks import queue_body
 
 # Mark a chunk started; moves the batch to running. 0: do not run it (done already, or the batch ended).
 _START = """
@@ -103,6 +104,17 @@ class BatchStore:
         if not batch.webhook or event not in (batch.webhook.get("events") or [event]):
             return ""
         return json.dumps({"id": new_id("msg"), "type": event, "batch_id": batch.id, "timestamp": now()})
+
+    def _queue_event(self, pipe, batch: Batch, status: BatchStatus) -> None:
+        """Queue on ``pipe`` the outbox event of ``batch`` (already moved to ``status``) with its body, the batch as
+        it is now: its retries and replays send that, even once a chunk still running stores more results.
+
+        The last chunk's event (``_FINISH``) is pushed by a script and has no body here: it is fixed at its first
+        attempt (:class:`inferno_jobs.delivery.Deliverer`), and nothing moves a batch that every chunk finished."""
+        event = self._event(batch, status)
+        if event:
+            queue_body(pipe, self.keys, batch.id, json.loads(event), batch.to_api(), self.settings.batch_retention_s)
+            pipe.lpush(self.keys.outbox(), event)
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -250,9 +262,7 @@ class BatchStore:
                 if batch.expires_at is not None:
                     pipe.zadd(k.batch_deadlines(), {batch.id: batch.expires_at})
             else:
-                event = self._event(batch, BatchStatus.FAILED)
-                if event:
-                    pipe.lpush(k.outbox(), event)
+                self._queue_event(pipe, batch, BatchStatus.FAILED)
             pipe.zadd(k.tenant_batches(batch.tenant), {batch.id: 0})
             for key in self._batch_keys(batch.id):
                 pipe.expire(key, expiry)
@@ -295,9 +305,7 @@ class BatchStore:
                         pipe.hset(key, "finished_at", batch.finished_at)
                         pipe.zrem(self.keys.live_batches(), batch_id)
                         pipe.zrem(self.keys.batch_deadlines(), batch_id)
-                        event = self._event(batch, to)
-                        if event:
-                            pipe.lpush(self.keys.outbox(), event)
+                        self._queue_event(pipe, batch, to)
                         for k in self._batch_keys(batch_id):
                             pipe.expire(k, self.settings.batch_retention_s)
                     pipe.execute()

@@ -7,7 +7,10 @@ The job store writes an event to the outbox in the same MULTI as the status chan
    set, scored by the time) before it is sent and forgotten only once Celery took it, so a process that dies in
    between loses nothing: claims older than ``claim_timeout_s`` go back to the outbox.
 2. :class:`Deliverer` makes one attempt: SSRF check, Standard Webhooks signature, POST with a timeout, no
-   redirects. It records the attempt in the :class:`DeliveryLog` and says whether and when to retry.
+   redirects. It records the attempt in the :class:`DeliveryLog` and says whether and when to retry. The body it
+   sends is the one written with the event (``inferno_jobs.webhooks.queue_body``), so every retry and replay of
+   one ``webhook-id`` carries the same bytes; an event written without one (by an older version, or the batch
+   script that ends a batch) gets the subject as it is at its first attempt, kept for the attempts after.
 
 Everything here is plain Python over a Redis client, testable with fakeredis; ``workers/delivery.py`` is the
 thin Celery task around :class:`Deliverer`. Events are about a *subject* (``job``, later ``batch``): the part of
@@ -135,13 +138,30 @@ class DeliveryLog:
         self.keys = keys
 
     def record(self, subject_id: str, entry: dict, retention_s: int) -> int:
-        """Append an attempt; the log expires ``retention_s`` after its latest attempt. Returns its ``n``."""
+        """Append an attempt; the log, and the bodies its events send, expire ``retention_s`` after its latest
+        attempt. Returns its ``n``."""
         key = self.keys.deliveries(subject_id)
         with self.redis.pipeline() as pipe:  # MULTI: the entry and its expiry together
             pipe.rpush(key, json.dumps(entry))
             pipe.expire(key, max(1, int(retention_s)))
-            n, _ = pipe.execute()
+            pipe.expire(self.keys.webhook_bodies(subject_id), max(1, int(retention_s)))
+            n = pipe.execute()[0]
         return int(n)
+
+    def body(self, subject_id: str, webhook_id: str, build: Callable[[], str], retention_s: int) -> str:
+        """The body every attempt of event ``webhook_id`` sends: the one written with the event, else ``build()``
+        (the subject as it is now), kept from then on so that later attempts and replays send the same."""
+        key = self.keys.webhook_bodies(subject_id)
+        body = self.redis.hget(key, webhook_id)
+        if body is None:
+            body = build()
+            with self.redis.pipeline() as pipe:  # MULTI: never a kept body without an expiry
+                pipe.hsetnx(key, webhook_id, body)
+                pipe.expire(key, max(1, int(retention_s)))
+                kept = pipe.execute()[0]
+            if not kept:  # a concurrent attempt kept its own first
+                body = self.redis.hget(key, webhook_id) or body
+        return body.decode() if isinstance(body, bytes) else body
 
     def list(self, subject_id: str) -> list[dict]:
         """Every attempt, each with its ``n``."""
@@ -160,7 +180,8 @@ class DeliveryLog:
 
 @dataclass
 class Target:
-    """Where an event goes and what it carries."""
+    """Where an event goes, and its subject as it is now (``data``: sent only for an event written without its
+    body, see :meth:`DeliveryLog.body`)."""
 
     tenant: str
     url: str
@@ -268,7 +289,8 @@ class Deliverer:
             if not secrets:
                 raise WebhookUrlRefused(f"tenant {target.tenant} has no webhook secret "
                                         "(with INFERNO_AUTH=disabled, set INFERNO_WEBHOOK_SECRET)")
-            body = payload(event["type"], event["timestamp"], target.data)
+            body = self.log.body(subject_id, event["id"],
+                                 lambda: payload(event["type"], event["timestamp"], target.data), target.retention_s)
             headers = sign_headers(secrets, event["id"], int(started_at), body)
             headers["user-agent"] = USER_AGENT
             with self._session().post(target.url, data=body.encode(), headers=headers, stream=True,

@@ -68,6 +68,10 @@ class Keyspace:
         """The webhook delivery log of one job or batch: a list of attempts, oldest first."""
         return f"{self.prefix}:deliveries:{subject_id}"
 
+    def webhook_bodies(self, subject_id: str) -> str:
+        """The body of each webhook event of one job or batch, by webhook-id, as of the event: a hash."""
+        return f"{self.prefix}:deliveries:{subject_id}:bodies"
+
     def batch(self, batch_id: str) -> str:
         """A batch record: a hash (``meta`` JSON, ``status``, counters, times), so counters move atomically."""
         return f"{self.prefix}:batch:{batch_id}"

@@ -24,6 +24,7 @@ from inferno_jobs.keyspace import Keyspace
 from inferno_jobs.metrics import Metrics, Tally
 from inferno_jobs.queue import PRIORITY_ORDER, queue_name
 from inferno_jobs.reads import Read
+from inferno_jobs.webhooks import queue_body
 
 
 log = logging.getLogger(__name__)
@@ -180,8 +181,12 @@ class JobStore:
                           keys.cache_settle(), job.id)
             event = EVENT_FOR_STATUS[job.status]
             if job.webhook and event in (job.webhook.get("events") or [event]):
-                pipe.lpush(keys.outbox(), json.dumps({"id": new_id("msg"), "type": event, "job_id": job.id,
-                                                      "timestamp": now(), "request_id": job.request_id}))
+                # The body is fixed here, with the job as this move left it: a retry or replay of the event
+                # sends the same bytes even after the job ran again (inferno_jobs/webhooks.py).
+                message = {"id": new_id("msg"), "type": event, "job_id": job.id, "timestamp": now(),
+                           "request_id": job.request_id}
+                queue_body(pipe, keys, job.id, message, job.to_api(), self._expiry_s(job))
+                pipe.lpush(keys.outbox(), json.dumps(message))
 
     def create(self, job: Job, idempotency: tuple[str, str] | None = None, *,
                settle: Callable[[Job], None] | None = None,

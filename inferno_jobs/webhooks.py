@@ -5,6 +5,10 @@ A message is ``{"type": "job.succeeded", "timestamp": "<ISO 8601>", "data": <job
 attempt) and ``webhook-signature`` (``v1,<base64 HMAC-SHA256>``; one per secret, space-separated, so that during a
 secret rotation both the new and the previous secret verify). Signing and verifying use the ``standardwebhooks``
 library, so any Standard Webhooks receiver accepts these messages.
+
+One event is one message: its body is serialised once, when the event is written to the outbox
+(:func:`queue_body`, in the same transaction), and every attempt and replay of it sends those bytes, so the
+``data`` a receiver gets is the job or batch as of the event, whatever happened to it since.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from inferno_jobs.errors import AuthenticationFailed
 from inferno_jobs.job import isoformat
+from inferno_jobs.keyspace import Keyspace
 
 EVENT_TYPES = ("job.succeeded", "job.failed", "job.canceled", "job.expired", "job.timed_out",
                "batch.completed", "batch.failed", "batch.canceled", "batch.expired")
@@ -31,6 +36,15 @@ def payload(event_type: str, timestamp: float, data: dict) -> str:
     """The body of one event: compact JSON, built once and sent byte for byte as it was signed."""
     return json.dumps({"type": event_type, "timestamp": isoformat(timestamp), "data": data},
                       separators=(",", ":"))
+
+
+def queue_body(pipe, keys: Keyspace, subject_id: str, event: dict, data: dict, expiry_s: int) -> None:
+    """Queue on ``pipe`` the body that every attempt and replay of ``event`` sends: ``data`` (the job or batch
+    object as the event reports it), serialised now. Call it in the transaction that writes ``event`` to the
+    outbox; ``expiry_s`` is the subject's own (each attempt extends it with the delivery log's)."""
+    key = keys.webhook_bodies(subject_id)
+    pipe.hset(key, event["id"], payload(event["type"], event["timestamp"], data))
+    pipe.expire(key, max(1, int(expiry_s)))
 
 
 def signature(secrets: Iterable[str], msg_id: str, timestamp: int, body: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from standardwebhooks import Webhook
 
 from api import create_app
 from tests.conftest import wait_for
@@ -71,3 +72,24 @@ def test_retries_through_celery_keep_one_webhook_id_and_replay_reuses_it(hook_ap
     assert hook_api.post(f"/jobs/{job['id']}/deliveries/4/replay").status_code == 202
     wait_for(lambda: len(receiver.requests) == 5, timeout_s=10)
     assert len(set(receiver.ids())) == 1 and receiver.requests[4]["verified"]
+
+
+def test_a_replay_after_the_job_was_retried_sends_the_expired_event_byte_for_byte(hook_api, hook_settings,
+                                                                                  start_worker, rx):
+    # No cpu worker: the job is never taken and the webhooks worker's reconciler expires it.
+    receiver = rx()
+    start_worker(hook_settings, pool="webhooks", queues=["inferno.webhooks"], concurrency=4)
+    job = hook_api.post("/jobs", json={**IRIS, "priority": "low", "ttl_s": 1, "webhook_url": receiver.url}).get_json()
+    [first] = wait_for(lambda: receiver.requests[:1], timeout_s=30)
+    assert first["verified"] and first["payload"]["type"] == "job.expired"
+    assert first["payload"]["data"]["status"] == "expired"
+    retried = hook_api.post(f"/jobs/{job['id']}/retry")
+    assert retried.status_code == 202 and retried.get_json()["status"] == "queued"
+    assert hook_api.post(f"/jobs/{job['id']}/deliveries/1/replay").status_code == 202
+
+    webhook_id = first["headers"]["webhook-id"]
+    same = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
+        [r for r in receiver.requests if r["headers"]["webhook-id"] == webhook_id]), timeout_s=20)
+    replayed = same[1]
+    assert Webhook(SECRET).verify(replayed["body"], replayed["headers"])["data"]["status"] == "expired"
+    assert replayed["body"] == first["body"]

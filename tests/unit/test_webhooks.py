@@ -414,6 +414,93 @@ def test_deliveries_endpoint_and_replay(app, celery_stub, receiver):
     assert client.get("/jobs/job_nope/deliveries").get_json()["error"]["code"] == "JOB_NOT_FOUND"
 
 
+def replay(app, celery_stub, path: str) -> dict:
+    """POST a replay and return the delivery task it queued (what the webhooks worker would run)."""
+    celery_stub.clear()
+    r = app.test_client().post(path)
+    assert r.status_code == 202, r.get_json()
+    [task] = [t for t in celery_stub.sent if t["name"] == DELIVER_WEBHOOK]
+    return task
+
+
+def test_retries_and_replays_send_the_event_as_it_happened_after_the_job_ran_again(app, celery_stub, receiver):
+    rx = receiver(script=[(500, {})])
+    job_id = submit_and_finish(app, rx.url, status=JobStatus.FAILED)
+    [event] = queued_events(app, celery_stub)
+    d = deliverer(app)
+    assert d.deliver(event, attempt=1).status == "retrying"
+    store = svc(app).store
+    store.retry(job_id)  # the job runs again, and fails again, before the event's second attempt
+    assert store.claim(job_id, "w:2") is not None
+    store.finish(job_id, JobStatus.FAILED, error={"code": "INFERENCE_FAILED", "message": "again"})
+    assert d.deliver(event, attempt=2).status == "delivered"
+    task = replay(app, celery_stub, f"/jobs/{job_id}/deliveries/1/replay")
+    assert d.deliver(task["args"][0], **task["kwargs"]).status == "delivered"
+
+    first, retried, replayed = rx.requests
+    assert retried["body"] == first["body"] and replayed["body"] == first["body"]
+    assert set(rx.ids()) == {event["id"]} and all(r["verified"] for r in rx.requests)
+    data = first["payload"]["data"]
+    assert data["status"] == "failed" and data["attempts"] == 1 and data["error"]["message"] == "x"
+    # The second run's failure is an event of its own, with the job as it is now.
+    celery_stub.clear()
+    [second] = queued_events(app, celery_stub)
+    assert second["id"] != event["id"] and d.deliver(second).status == "delivered"
+    assert rx.requests[3]["payload"]["data"]["attempts"] == 2
+    assert rx.requests[3]["payload"]["data"]["error"]["message"] == "again"
+
+
+def test_an_event_written_without_its_body_is_sent_as_the_job_is_then_kept(app, celery_stub, receiver):
+    # An event an older version wrote to the outbox carries no body: the first attempt takes the job as it is, and
+    # every later attempt and replay sends those same bytes.
+    rx = receiver(script=[(500, {})])
+    job_id = submit_and_finish(app, rx.url, status=JobStatus.FAILED)
+    s = svc(app)
+    s.redis.delete(s.store.keys.webhook_bodies(job_id))
+    [event] = queued_events(app, celery_stub)
+    d = deliverer(app)
+    assert d.deliver(event, attempt=1).status == "retrying"
+    s.store.retry(job_id)
+    assert d.deliver(event, attempt=2).status == "delivered"
+    task = replay(app, celery_stub, f"/jobs/{job_id}/deliveries/2/replay")
+    assert d.deliver(task["args"][0], **task["kwargs"]).status == "delivered"
+    assert len({r["body"] for r in rx.requests}) == 1 and len(rx.requests) == 3
+    assert rx.requests[0]["payload"]["data"]["status"] == "failed"
+
+
+def test_a_batch_event_keeps_the_counts_of_its_moment_and_replays_like_a_jobs(app, celery_stub, receiver):
+    from inferno_jobs.batchstore import BatchStore
+    from tests.unit.test_api_batches import rows, upload
+
+    rx = receiver(script=[(500, {})])
+    client = app.test_client()
+    batch = upload(client, rows(70), model="iris", webhook_url=rx.url).get_json()  # chunks of 64 and 6
+    batches = BatchStore(svc(app).redis, svc(app).settings)
+    assert batches.start_chunk(batch["id"], 0)
+    assert client.post(f"/batches/{batch['id']}/cancel").get_json()["status"] == "canceled"
+    [event] = queued_events(app, celery_stub)
+    # The chunk that was running when the batch was canceled still stores its results: the counts move on.
+    ran = [(item, {"predictions": [0]}, None) for item, _ in batches.chunk(batch["id"], 0)]
+    assert batches.finish_chunk(batch["id"], 0, ran) == 1
+    assert client.get(f"/batches/{batch['id']}").get_json()["request_counts"]["completed"] == 64
+    d = deliverer(app)
+    assert [d.deliver(event, attempt=k).status for k in (1, 2)] == ["retrying", "delivered"]
+
+    log = client.get(f"/batches/{batch['id']}/deliveries").get_json()
+    assert log["batch_id"] == batch["id"] and "job_id" not in log
+    assert [(e["n"], e["outcome"]) for e in log["data"]] == [(1, "retrying"), (2, "delivered")]
+    task = replay(app, celery_stub, f"/batches/{batch['id']}/deliveries/1/replay")
+    assert task["args"][0] == {"id": event["id"], "type": "batch.canceled", "batch_id": batch["id"],
+                               "timestamp": event["timestamp"]}
+    assert d.deliver(task["args"][0], **task["kwargs"]).status == "delivered"
+    assert len({r["body"] for r in rx.requests}) == 1 and set(rx.ids()) == {event["id"]}
+    data = rx.requests[0]["payload"]["data"]
+    assert data["status"] == "canceled" and data["request_counts"]["completed"] == 0
+    assert client.get(f"/batches/{batch['id']}/deliveries").get_json()["data"][2]["replay_of"] == 1
+    assert client.post(f"/batches/{batch['id']}/deliveries/9/replay").status_code == 404
+    assert client.post("/batches/batch_nope/deliveries/1/replay").status_code == 404
+
+
 def test_deliveries_are_tenant_scoped(make_app, celery_stub):
     app = make_app(auth="required")
     keyring = svc(app).keyring
@@ -433,14 +520,15 @@ def test_the_delivery_log_expires_with_the_job_retention(app, celery_stub, recei
     job_id = submit_and_finish(app, rx.url)
     [event] = queued_events(app, celery_stub)
     deliverer(app).deliver(event)
-    ttl = svc(app).redis.ttl(svc(app).store.keys.deliveries(job_id))
-    assert 0 < ttl <= svc(app).settings.result_retention_s
+    for key in (svc(app).store.keys.deliveries(job_id), svc(app).store.keys.webhook_bodies(job_id)):
+        assert 0 < svc(app).redis.ttl(key) <= svc(app).settings.result_retention_s
 
 
 def test_openapi_lists_the_delivery_routes(client):
     paths = client.get("/openapi.json").get_json()["paths"]
     assert "get" in paths["/jobs/{job_id}/deliveries"]
     assert "post" in paths["/jobs/{job_id}/deliveries/{n}/replay"]
+    assert "post" in paths["/batches/{batch_id}/deliveries/{n}/replay"]
 
 
 # -- the local listener ----------------------------------------------------------------------------------------
