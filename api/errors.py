@@ -7,6 +7,7 @@ import logging
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from api.openai_errors import is_openai_path
 from api.request_context import request_id
 from inferno_jobs.errors import InfernoError, InternalError, InvalidRequest, NotFound, PayloadTooLarge
 from inferno_jobs.job import isoformat, now
@@ -32,7 +33,7 @@ def error_response(exc: InfernoError):
 
 
 def _openai_path() -> bool:
-    return request.path == "/v1" or request.path.startswith("/v1/")
+    return is_openai_path(request.path)
 
 
 def init_app(app: Flask) -> None:

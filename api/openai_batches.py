@@ -59,6 +59,15 @@ def _ts(value: float | None) -> int | None:
     return int(value) if value is not None else None
 
 
+def _in_progress_at(batch: Batch) -> int | None:
+    """When the batch became ``in_progress`` (queued or running). Its file is read and validated before the
+    batch is created, and the same request queues it, so that moment is ``created_at``; a batch that never left
+    validating, or failed before any line ran (every line invalid), has none."""
+    if batch.started_at is None and batch.status in (BatchStatus.VALIDATING, BatchStatus.FAILED):
+        return None
+    return int(batch.created_at)
+
+
 def openai_batch(batch: Batch) -> dict:
     """OpenAI's batch object for ``batch``."""
     ended = batch.finished_at if batch.status.terminal else None
@@ -78,7 +87,7 @@ def openai_batch(batch: Batch) -> dict:
         "output_file_id": batch_file_id(batch, "output") if ended and has_lines(batch, "output") else None,
         "error_file_id": batch_file_id(batch, "errors") if ended and has_lines(batch, "errors") else None,
         "created_at": int(batch.created_at),
-        "in_progress_at": _ts(batch.started_at),
+        "in_progress_at": _in_progress_at(batch),
         "expires_at": int(batch.expires_at or batch.created_at + window_s("24h")),
         "finalizing_at": _ts(ended if batch.status is BatchStatus.COMPLETED else None),
         "completed_at": _ts(ended if batch.status is BatchStatus.COMPLETED else None),

@@ -23,6 +23,15 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
           404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
           429: "rate_limit_error", 503: "server_error", 504: "timeout"}
 
+# Routes of the OpenAI surface outside /v1: chat and completions without the version (shared/seeds/002).
+UNVERSIONED_PATHS = frozenset({"/chat/completions", "/completions"})
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether ``path`` belongs to the OpenAI-compatible surface (its errors take OpenAI's shape)."""
+    return path == "/v1" or path.startswith("/v1/") or path in UNVERSIONED_PATHS
+
+
 # Native error code -> OpenAI error code, where OpenAI has a well-known one.
 _CODES = {"AUTHENTICATION_FAILED": "invalid_api_key", "MODEL_NOT_FOUND": "model_not_found",
           "CONTEXT_LENGTH_EXCEEDED": "context_length_exceeded", "RATE_LIMIT_EXCEEDED": "rate_limit_exceeded"}

@@ -17,6 +17,7 @@ from inferno_jobs.batch import Batch, BatchStatus
 from inferno_jobs.batchfile import read_upload
 from inferno_jobs.codec import dumps
 from inferno_jobs.errors import BatchNotFound, FileNotFound, InvalidRequest
+from inferno_jobs.filestore import ORDERS
 
 bp = Blueprint("openai_files", __name__, url_prefix="/v1")
 init_blueprint(bp)
@@ -67,7 +68,8 @@ def output_lines(batch: Batch, kind: str):
 
 @bp.post("/files")
 def upload():
-    """Upload a file (multipart: ``file``, ``purpose=batch``); answers OpenAI's file object."""
+    """Upload a file (multipart: ``file``, ``purpose=batch``, optionally ``expires_after[anchor]=created_at`` and
+    ``expires_after[seconds]``, as the official client sends them); answers OpenAI's file object."""
     owner = tenant()
     if request.mimetype != "multipart/form-data":
         raise InvalidRequest("upload the file as multipart/form-data with 'file' and 'purpose'")
@@ -78,14 +80,36 @@ def upload():
     purpose = request.form.get("purpose")
     if not purpose:
         raise InvalidRequest("purpose is required", details={"field": "purpose"})
+    ttl_s = _expires_after_s()
     data = read_upload(upload_.stream, limits())
-    record = file_store().create(owner, upload_.filename or "upload.jsonl", purpose, data)
+    record = file_store().create(owner, upload_.filename or "upload.jsonl", purpose, data, ttl_s=ttl_s)
     return jsonify(record.to_openai())
+
+
+def _expires_after_s() -> int | None:
+    """``expires_after``'s seconds from the form (None: not sent); only OpenAI's ``created_at`` anchor exists."""
+    form = request.form
+    anchor, seconds = form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
+    unknown = sorted(k for k in form if k.startswith("expires_after") and k not in
+                     ("expires_after[anchor]", "expires_after[seconds]"))
+    if unknown:
+        raise InvalidRequest(f"Unrecognized request argument supplied: {unknown[0]} (send expires_after[anchor] "
+                             "and expires_after[seconds])", details={"field": unknown[0]})
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise InvalidRequest("expires_after.anchor must be created_at", details={"field": "expires_after.anchor"})
+    try:
+        return int(seconds)
+    except (TypeError, ValueError):
+        raise InvalidRequest("expires_after.seconds must be a whole number of seconds",
+                             details={"field": "expires_after.seconds"}) from None
 
 
 @bp.get("/files")
 def list_files():
-    """The caller's uploaded files, newest first (OpenAI's list: ``limit`` 1..10000, ``after``, ``purpose``)."""
+    """The caller's uploaded files, newest first (OpenAI's list: ``limit`` 1..10000, ``after``, ``purpose``,
+    ``order`` ``desc`` (default) or ``asc``)."""
     owner = tenant()
     try:
         limit = int(request.args.get("limit", 100))
@@ -93,8 +117,11 @@ def list_files():
         raise InvalidRequest("limit must be a whole number", details={"field": "limit"}) from None
     if not 1 <= limit <= 10_000:
         raise InvalidRequest("limit must be between 1 and 10000", details={"field": "limit"})
+    order = request.args.get("order", "desc")
+    if order not in ORDERS:
+        raise InvalidRequest(f"order must be asc or desc, not {order[:40]!r}", details={"field": "order"})
     files, more = file_store().list(owner, limit=limit, after=request.args.get("after"),
-                                    purpose=request.args.get("purpose"))
+                                    purpose=request.args.get("purpose"), order=order)
     data = [f.to_openai() for f in files]
     return jsonify({"object": "list", "data": data, "has_more": more,
                     "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})

@@ -1,5 +1,6 @@
 """The OpenAI-compatible inference surface: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and
-``/v1/models``, in OpenAI's request, response, streaming and error shapes (see docs/openai.md).
+``/v1/models``, in OpenAI's request, response, streaming and error shapes (see docs/openai.md). Chat and completions
+also answer without the version, at ``/chat/completions`` and ``/completions`` (shared/seeds/002).
 
 Every call is a high-priority job on the model's queues (``api/sync_jobs.py``); ``model`` is a repository model
 name. The response ``id`` is the job id, so a call that answered 504 can be read later at ``GET /jobs/<id>``.
@@ -15,15 +16,17 @@ import numpy as np
 from flask import Blueprint, jsonify
 
 from api.body import json_body
-from api.compat_schemas import ChatRequest, CompletionRequest, EmbeddingRequest, load_request
+from api.compat_schemas import load_request
 from api.openai_errors import init_blueprint, openai_error_body
 from api.request_context import services, tenant
 from api.sync_jobs import (KEEPALIVE, check_context, find_model, job_error, result_of, sse, sse_response, stream_tokens,
                            submit_now, wait)
 from inferno_jobs.errors import Conflict, InvalidRequest, JobNotFound
 from inferno_jobs.job import Job, JobStatus, JobType
+from inferno_jobs.openai_request import ChatRequest, CompletionRequest, EmbeddingRequest, job_input, sampling
 
-bp = Blueprint("openai_inference", __name__, url_prefix="/v1")
+# No url_prefix: chat and completions have a second, unversioned rule.
+bp = Blueprint("openai_inference", __name__)
 init_blueprint(bp)
 
 OWNED_BY = "inferno-jobs"
@@ -38,20 +41,17 @@ def _no_retry_on_timeout(response):
     return response
 
 
-def _sampling(data: dict) -> dict:
-    """The job input's sampling parameters from an OpenAI request."""
-    out = {}
-    max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
-    if max_tokens is not None:
-        out["max_tokens"] = max_tokens
-    for name in ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty"):
-        if data.get(name) is not None:
-            out[name] = data[name]
-    return out
+def _model(name: str, job_type: JobType):
+    """The model ``name`` serving ``job_type``. A model of the wrong type is a bad ``model`` here: an OpenAI
+    request names no job type."""
+    try:
+        return find_model(name, job_type)
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.message, details={**(exc.details or {}), "field": "model"}) from None
 
 
 def _generation_model(name: str, job_type: JobType, max_tokens: int | None):
-    model = find_model(name, job_type)
+    model = _model(name, job_type)
     check_context(model, max_tokens)
     return model
 
@@ -62,15 +62,15 @@ def _include_usage(data: dict) -> bool:
 
 # -- chat --------------------------------------------------------------------------------------------------------
 
+@bp.post("/v1/chat/completions")
 @bp.post("/chat/completions")
 def chat_completions():
     """A chat completion; ``stream: true`` answers ``chat.completion.chunk`` events ending in ``[DONE]``."""
     owner = tenant()
     data = load_request(ChatRequest(), json_body())
-    params = _sampling(data)
-    model = _generation_model(data["model"], JobType.CHAT, params.get("max_tokens"))
-    job_input = {"messages": [{"role": m["role"], "content": m["content"]} for m in data["messages"]], **params}
-    job = submit_now({"type": JobType.CHAT, "model": model.name, "input": job_input}, owner, stream=data["stream"])
+    chat = job_input(JobType.CHAT, data)
+    model = _generation_model(data["model"], JobType.CHAT, chat.get("max_tokens"))
+    job = submit_now({"type": JobType.CHAT, "model": model.name, "input": chat}, owner, stream=data["stream"])
     if data["stream"]:
         return sse_response(_chat_chunks(job, _include_usage(data)), job.id)
     (job,) = wait([job])
@@ -117,13 +117,14 @@ def _stream_end(job: Job, final_chunk, include_usage: bool):
 
 # -- completions -------------------------------------------------------------------------------------------------
 
+@bp.post("/v1/completions")
 @bp.post("/completions")
 def completions():
     """A text completion per prompt (one job each); ``stream: true`` (one prompt) answers ``text_completion``
     events ending in ``[DONE]``."""
     owner = tenant()
     data = load_request(CompletionRequest(), json_body())
-    params = _sampling(data)
+    params = sampling(data)
     model = _generation_model(data["model"], JobType.COMPLETION, params.get("max_tokens"))
     prompts = data["prompt"]
     if data["stream"] and len(prompts) > 1:
@@ -176,18 +177,19 @@ def _cancel(jobs: list[Job]) -> None:
 
 # -- embeddings --------------------------------------------------------------------------------------------------
 
-@bp.post("/embeddings")
+@bp.post("/v1/embeddings")
 def embeddings():
     """Embeddings of one string or a list of strings; ``encoding_format`` ``float`` or ``base64`` (the
     official client asks for base64 and decodes it)."""
     owner = tenant()
     data = load_request(EmbeddingRequest(), json_body())
-    model = find_model(data["model"], JobType.EMBEDDING)
+    model = _model(data["model"], JobType.EMBEDDING)
     dim = model.options.get("dim")
     if data.get("dimensions") is not None and data["dimensions"] != dim:
         raise InvalidRequest(f"dimensions must be the model's own ({dim}); other sizes are not supported",
                              details={"field": "dimensions"})
-    job = submit_now({"type": JobType.EMBEDDING, "model": model.name, "input": {"input": data["input"]}}, owner)
+    job = submit_now({"type": JobType.EMBEDDING, "model": model.name, "input": job_input(JobType.EMBEDDING, data)},
+                     owner)
     (job,) = wait([job])
     result = result_of(job)
     return _json(job, {
@@ -212,14 +214,14 @@ def _model_object(model) -> dict:
     return {"id": model.name, "object": "model", "created": created, "owned_by": OWNED_BY}
 
 
-@bp.get("/models")
+@bp.get("/v1/models")
 def list_models():
     """The model repository in OpenAI's list shape."""
     tenant()
     return jsonify({"object": "list", "data": [_model_object(m) for m in services().models.all()]})
 
 
-@bp.get("/models/<model_id>")
+@bp.get("/v1/models/<model_id>")
 def retrieve_model(model_id: str):
     """One model, or 404 ``model_not_found``."""
     tenant()

@@ -33,6 +33,12 @@ def openai_body(result: dict, *, model: str, response_id: str, created: int) -> 
                                                      "content": message.get("content"), "refusal": None},
                              "logprobs": None, "finish_reason": finish}],
                 "usage": full_usage}
+    if "choices" in result:  # a completion of several prompts (a batch line with a list ``prompt``)
+        return {"id": f"cmpl-{response_id}", "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": c["index"], "text": c["text"], "logprobs": None,
+                             "finish_reason": _FINISH.get(c["finish_reason"], c["finish_reason"])}
+                            for c in result["choices"]],
+                "usage": full_usage}
     if "text" in result:
         return {"id": f"cmpl-{response_id}", "object": "text_completion", "created": created, "model": model,
                 "choices": [{"index": 0, "text": result["text"], "logprobs": None, "finish_reason": finish}],

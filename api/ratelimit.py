@@ -1,7 +1,7 @@
 """Rate limits and backpressure at the API edge (docs/operations.md#rate-limits).
 
 Rate-limited routes are the ones that submit work: ``POST`` to ``/jobs``, ``/batches``, the seeds' endpoints and
-everything under ``/v1``. Reads, cancels and controls are not limited, so polling a job never uses up a key's
+everything on the OpenAI surface (``/v1``, and ``/chat/completions``, ``/completions``). Reads, cancels and controls are not limited, so polling a job never uses up a key's
 budget. Each limited request is counted per API key (per client IP only when auth is disabled and
 ``INFERNO_RATE_LIMIT_BY_IP`` is on) and carries ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset``; over a
 limit it answers 429 ``RATE_LIMIT_EXCEEDED`` with ``Retry-After``. When a pool's queues are full, submissions
@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from flask import Flask, g, request
 
+from api.openai_errors import is_openai_path
 from api.request_context import engine_config, request_id, services, tenant
 from inferno_jobs import admission, atomic, circuit
 from inferno_jobs.errors import QueueFull, RateLimitExceeded
@@ -29,7 +30,7 @@ THROTTLE_RETRY_AFTER_S = 2
 
 def rate_limited(method: str, path: str) -> bool:
     """Whether a request counts against its key's limits: work-submitting POSTs."""
-    return method == "POST" and (path in LIMITED_PATHS or path.startswith("/v1/"))
+    return method == "POST" and (path in LIMITED_PATHS or is_openai_path(path))
 
 
 def _limiter() -> RateLimiter:

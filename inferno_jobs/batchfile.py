@@ -4,23 +4,28 @@ Formats (docs/batches.md):
 
 - JSONL, native lines: ``{"custom_id", "prompt" | "messages" | "input" | "features", ...params}``;
 - JSONL, OpenAI batch lines: ``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {...}}``
-  (``/v1/completions`` and ``/v1/embeddings`` too); both kinds may be mixed in one file;
+  (``/v1/completions`` and ``/v1/embeddings`` too); both kinds may be mixed in one file. A ``body`` is validated
+  with its endpoint's own schema (:mod:`inferno_jobs.openai_request`), so it accepts exactly what the endpoint
+  accepts;
 - ``.txt``: one prompt per line;
 - ``.csv``: a header row with a ``prompt`` (or ``text``) column, optionally ``custom_id`` (or ``id``); for a
   ``predict`` batch every other column is a feature.
 
-Every line is validated with the job input schemas (:data:`inferno_jobs.schemas.INPUT_SCHEMAS`). A bad line
-(broken JSON, invalid UTF-8, no prompt, a bad parameter, too long) becomes a :class:`Line` with an ``error`` and
-its line number; the others go on. Only file-wide problems raise: over the size or line limits
-(:class:`PayloadTooLarge`), no requests at all, or a CSV without a prompt column (:class:`InvalidRequest`).
-Blank lines are skipped; line numbers are the file's physical lines, from 1.
+Every line (an OpenAI one once turned into a job input) is validated with the job input schemas
+(:data:`inferno_jobs.schemas.INPUT_SCHEMAS`). A bad line (broken JSON, invalid UTF-8, no prompt, a bad parameter,
+too long) becomes a :class:`Line` with an ``error`` and its line number; the others go on. Only file-wide problems
+raise: over the size or line limits (:class:`PayloadTooLarge`), no requests at all, or a CSV without a prompt column
+(:class:`InvalidRequest`).
+Blank lines are skipped; line numbers are the file's physical lines, from 1. A physical line ends at ``\n``,
+``\r\n`` or ``\r`` only, as the csv module and JSON have it: the other characters :meth:`str.splitlines` breaks
+at (U+2028, U+0085, form feed...) are text inside a line.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -31,31 +36,18 @@ from inferno_jobs.config import Settings
 from inferno_jobs.errors import InvalidRequest, PayloadTooLarge
 from inferno_jobs.job import JobType
 from inferno_jobs.model import ModelConfig
+from inferno_jobs.openai_request import ENDPOINTS, REQUESTS, job_input
 from inferno_jobs.schemas import INPUT_SCHEMAS, GenerationParams, shared
 
 FORMATS = ("jsonl", "txt", "csv")
 MAX_CUSTOM_ID_CHARS = 256
 
 # OpenAI batch line ``url`` -> the job type it runs as.
-OPENAI_ENDPOINTS = {
-    "/v1/chat/completions": JobType.CHAT,
-    "/v1/completions": JobType.COMPLETION,
-    "/v1/embeddings": JobType.EMBEDDING,
-}
+OPENAI_ENDPOINTS = ENDPOINTS
 
-# OpenAI body fields accepted and ignored when they ask for nothing this server would do differently.
-_OPENAI_NEUTRAL = {
-    "user": lambda v: True,
-    "store": lambda v: True,
-    "metadata": lambda v: True,
-    "service_tier": lambda v: True,
-    "stream": lambda v: not v,
-    "n": lambda v: v in (None, 1),
-    "logprobs": lambda v: not v,
-    "echo": lambda v: not v,
-    "logit_bias": lambda v: not v,
-    "encoding_format": lambda v: v in (None, "float"),
-}
+# One physical line with its end: ``\r\n``, ``\r`` or ``\n``, where the csv module ends a line (never U+2028,
+# U+0085, \f and the other breaks of str.splitlines), or the last line without one.
+_PHYSICAL_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 
 
 @dataclass(frozen=True)
@@ -138,6 +130,7 @@ def detect_format(filename: str | None, data: bytes) -> str:
         return "csv"
     if name.endswith(".txt"):
         return "txt"
+    # bytes.splitlines breaks only at \n, \r and \r\n (unlike str.splitlines), as the readers below do.
     for raw in data[:65536].splitlines():
         if raw.strip():
             return "jsonl" if raw.lstrip(b"\xef\xbb\xbf \t").startswith(b"{") else "txt"
@@ -155,6 +148,18 @@ def _schema_errors(messages: Any) -> str:
     if isinstance(messages, list):
         return " ".join(_schema_errors(m) for m in messages)
     return str(messages)
+
+
+def _body_errors(messages: dict) -> str:
+    """An OpenAI body's errors as one sentence, with OpenAI's wording for an unknown field."""
+    parts = []
+    for key, value in messages.items():
+        text = _schema_errors(value)
+        if text == "Unknown field.":
+            parts.append(f"Unrecognized request argument supplied: {key}")
+        else:
+            parts.append(text if key == "_schema" or text.startswith(str(key)) else f"body.{key}: {text}")
+    return "; ".join(parts)
 
 
 class Reader:
@@ -257,24 +262,21 @@ class Reader:
             raise LineError(f"url {url} runs {job_type.value} requests; this is a {self.type.value} batch")
         if not isinstance(body, dict):
             raise LineError("body must be a JSON object")
-        body = dict(body)
-        model = body.pop("model", None)
+        model = body.get("model")
         if model is not None and not isinstance(model, str):
             raise LineError("body.model must be a string")
         if model and self.model is not None and model != self.model.name:
             raise LineError(f"body.model {model!r} is not this batch's model {self.model.name!r}")
-        for key, neutral in _OPENAI_NEUTRAL.items():
-            if key in body:
-                value = body.pop(key)
-                if not neutral(value):
-                    raise LineError(f"body.{key}={json.dumps(value)[:40]} is not supported")
-        if "max_completion_tokens" in body:
-            body.setdefault("max_tokens", body.pop("max_completion_tokens"))
-        if job_type is JobType.CHAT and isinstance(body.get("messages"), list):
-            body["messages"] = [_openai_message(m) for m in body["messages"]]
-        if job_type is JobType.COMPLETION and isinstance(body.get("prompt"), list) and len(body["prompt"]) == 1:
-            body["prompt"] = body["prompt"][0]
-        return model, {**self.params, **body}, job_type
+        try:
+            # The endpoint's own schema; ``model`` may be left out (the batch names it).
+            loaded = shared(REQUESTS[url]).load(body, partial=("model",))
+        except ValidationError as exc:
+            raise LineError(_body_errors(exc.messages)) from None
+        if loaded.get("stream"):
+            raise LineError("body.stream=true is not supported: a batch line's result is stored, not streamed")
+        if loaded.get("encoding_format", "float") != "float":
+            raise LineError("body.encoding_format must be float: batch results store the vectors as numbers")
+        return model, {**self.params, **job_input(job_type, loaded)}, job_type
 
     def _validate(self, data: dict, job_type: JobType) -> None:
         try:
@@ -345,7 +347,7 @@ class Reader:
 
     def _csv(self, data: bytes) -> list[Line]:
         text = data.decode("utf-8", errors="surrogateescape")
-        physical = text.splitlines(keepends=True)
+        physical = _PHYSICAL_LINE.findall(text)
         reader = csv.reader(physical)
         try:
             header = next(reader)
@@ -418,25 +420,6 @@ def _compatible(job_type: JobType) -> set[JobType]:
     if job_type in (JobType.COMPLETION, JobType.CHAT):
         return {JobType.COMPLETION, JobType.CHAT}
     return {job_type}
-
-
-def _openai_message(message: Any) -> Any:
-    """An OpenAI chat message in this server's form: text content parts joined, ``developer`` as ``system``."""
-    if not isinstance(message, dict):
-        return message
-    message = dict(message)
-    message.pop("name", None)
-    if message.get("role") == "developer":
-        message["role"] = "system"
-    content = message.get("content")
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise LineError("only text content parts are supported")
-            texts.append(part["text"])
-        message["content"] = "".join(texts)
-    return message
 
 
 def check_params(job_type: JobType, params: dict) -> dict:

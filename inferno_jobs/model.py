@@ -78,7 +78,8 @@ class ModelConfig:
         """Raise :class:`InvalidRequest` unless this model serves ``job_type``."""
         if job_type not in self.job_types:
             raise InvalidRequest(
-                f"model {self.name!r} is a {self.type} model and does not serve {job_type.value} jobs",
+                f"model {self.name!r} is {'an' if self.type[:1] in 'aeiou' else 'a'} {self.type} model and does not "
+                f"serve {job_type.value} jobs",
                 details={"field": "type", "serves": sorted(t.value for t in self.job_types)})
 
     @classmethod

@@ -12,6 +12,7 @@ from inferno_jobs.job import EVENT_FOR_STATUS, JobStatus, JobType, Priority
 MAX_EMBEDDING_CHARS = 8000
 MAX_EMBEDDING_ITEMS = 2048
 MAX_MAX_TOKENS = 2_000_000
+MAX_PROMPTS = 16  # prompts in one completion input (OpenAI's limit for a list ``prompt``)
 WEBHOOK_EVENTS = sorted(EVENT_FOR_STATUS.values())
 
 
@@ -56,9 +57,20 @@ class GenerationParams(StrictSchema):
 
 
 class CompletionInput(GenerationParams):
-    """``input`` of a completion job."""
+    """``input`` of a completion job: ``prompt`` one string, or a list of up to 16 (one text each, in order; the
+    result then has ``choices``). A list cannot stream."""
 
-    prompt = fields.String(required=True, validate=validate.Length(min=1))
+    prompt = fields.Raw(required=True)
+
+    @validates_schema
+    def _prompt(self, data, **kwargs):
+        prompt = data.get("prompt")
+        prompts = prompt if isinstance(prompt, list) else [prompt]
+        if not prompts or len(prompts) > MAX_PROMPTS or not all(isinstance(p, str) and p for p in prompts):
+            raise ValidationError(f"prompt must be a non-empty string or a list of 1 to {MAX_PROMPTS} of them",
+                                  "prompt")
+        if isinstance(prompt, list) and data.get("stream"):
+            raise ValidationError("a list of prompts cannot stream: stream one prompt per job", "prompt")
 
 
 class Message(StrictSchema):
@@ -72,12 +84,15 @@ class ChatInput(GenerationParams):
     """``input`` of a chat job."""
 
     messages = fields.List(fields.Nested(Message), required=True, validate=validate.Length(min=1))
+    # Variables for the model's Jinja chat template; one the template does not use fails the job.
+    chat_template_kwargs = fields.Dict(keys=fields.String(), allow_none=True)
 
 
 class EmbeddingInput(StrictSchema):
     """``input`` of an embedding job: one string or a list of strings."""
 
     input = fields.Raw(required=True)
+    dimensions = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))  # the model's own only
 
     @validates_schema
     def _input(self, data, **kwargs):
@@ -251,6 +266,7 @@ class HealthResponse(Schema):
     redis = fields.String()
     workers = fields.Integer()
     queues = fields.Dict(keys=fields.String(), values=fields.Integer())
+    models_loaded = fields.Integer(metadata={"description": "models some worker process holds loaded (seed 000)"})
 
 
 class CircuitStatus(Schema):
@@ -274,6 +290,14 @@ class ModelResponse(Schema):
     max_batch_size = fields.Integer()
     capabilities = fields.List(fields.String())
     circuit = fields.Nested(CircuitStatus)
+    # Seed 000's names beside the native ones (docs/seeds.md).
+    name = fields.String(metadata={"description": "the model's name (its id)"})
+    context_size = fields.Integer(metadata={"description": "generation models: tokens of context, prompt included"})
+    model_id = fields.String(metadata={"description": "load and unload answers: the id"})
+    status = fields.String(metadata={"description": "load and unload answers: loaded or unloaded once every "
+                                                    "worker reports it, loading or unloading while not yet (202)"})
+    load_time_ms = fields.Integer(metadata={"description": "load answers: from the command until every worker "
+                                                          "reported the model loaded"})
 
 
 class ModelValidation(Schema):

@@ -119,15 +119,21 @@ class EmbeddingRunner(Runner):
         rows = float32_rows(vectors)
         results: list[dict | InfernoError] = []
         offset = 0
-        for part in parts:
+        dim = int(vectors.shape[1])
+        for item, part in zip(inputs, parts):
             if not isinstance(part, list):
                 results.append(part)
                 continue
             n = len(part)
-            tokens = sum(lengths[offset:offset + n])
-            results.append({"embeddings": rows[offset:offset + n], "dim": int(vectors.shape[1]),
-                            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
             offset += n
+            wanted = item.get("dimensions")
+            if wanted is not None and wanted != dim:  # no truncation here: only the model's own size
+                results.append(InvalidRequest(f"dimensions must be the model's own ({dim}); other sizes are not "
+                                              "supported", details={"field": "dimensions"}))
+                continue
+            tokens = sum(lengths[offset - n:offset])
+            results.append({"embeddings": rows[offset - n:offset], "dim": dim,
+                            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
         return results
 
 

@@ -66,7 +66,8 @@ class GenerationRunner(Runner):
         if not isinstance(item, dict):
             raise InvalidRequest("input must be an object")
         if "messages" in item:
-            kind, text = "chat", render_chat(check_messages(item["messages"]), self.chat_template)
+            kind, text = "chat", render_chat(check_messages(item["messages"]), self.chat_template,
+                                             item.get("chat_template_kwargs"))
         elif "prompt" in item:
             if not isinstance(item["prompt"], str):
                 raise InvalidRequest("prompt must be a string", details={"field": "prompt"})
@@ -192,12 +193,23 @@ class GenerationRunner(Runner):
         results: list[dict | InfernoError] = []
         for item in inputs:
             try:
-                results.append(self.generate(item))
+                many = isinstance(item, dict) and isinstance(item.get("prompt"), list)
+                results.append(self._generate_each(item) if many else self.generate(item))
             except InfernoError as exc:
                 results.append(exc)
             except Exception as exc:  # never let one job's surprise sink the rest of the micro-batch
                 results.append(InferenceFailed(f"inference failed: {exc}"))
         return results
+
+    def _generate_each(self, item: dict) -> dict:
+        """A completion input whose ``prompt`` is a list: one text per prompt, in order, as ``choices`` (what one
+        OpenAI completions request with several prompts answers), with the usage summed."""
+        choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        for index, prompt in enumerate(item["prompt"]):
+            result = self.generate({**item, "prompt": prompt})
+            choices.append({"index": index, "text": result["text"], "finish_reason": result["finish_reason"]})
+            usage = {key: usage[key] + result["usage"][key] for key in usage}
+        return {"choices": choices, "usage": usage}
 
 
 def _layer_order(name: str) -> tuple[int, str]:

@@ -59,21 +59,59 @@ def check_messages(messages) -> list[dict]:
     return out
 
 
-def render_chat(messages: list[dict], template: str | None, **extra) -> str:
+def render_chat(messages: list[dict], template: str | None, template_kwargs: dict | None = None) -> str:
     """The prompt for ``messages``: the Jinja ``template`` if given, else the default format
-    ``<|role|>\\ncontent\\n`` per message followed by ``<|assistant|>\\n``."""
+    ``<|role|>\\ncontent\\n`` per message followed by ``<|assistant|>\\n``.
+
+    ``template_kwargs`` (a request's ``chat_template_kwargs``) are more variables for the template, as
+    ``apply_chat_template(**kwargs)`` takes them. One that the template never reads would be ignored without a
+    word, so it is refused (:class:`InvalidRequest`), as is any with the default format, which has no variables.
+    """
+    template_kwargs = template_kwargs or {}
+    if template_kwargs:
+        _check_template_kwargs(template, template_kwargs)
     if template is None:
         return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages) + "<|assistant|>\n"
     try:
-        return _compile(template).render(messages=messages, add_generation_prompt=True, **extra)
+        return _compile(template).render(messages=messages, add_generation_prompt=True, **template_kwargs)
     except InvalidRequest:
         raise
     except Exception as exc:  # a template error is about this input (e.g. a role order it forbids)
         raise InvalidRequest(f"chat template failed: {exc}", details={"field": "messages"}) from exc
 
 
+_RESERVED = ("messages", "add_generation_prompt")
+
+
+def _check_template_kwargs(template: str | None, kwargs: dict) -> None:
+    field = {"field": "chat_template_kwargs"}
+    if template is None:
+        raise InvalidRequest("chat_template_kwargs: this model has no chat template (it uses the default prompt "
+                             "format), so no keyword can apply", details=field)
+    reserved = sorted(set(kwargs) & set(_RESERVED))
+    if reserved:
+        raise InvalidRequest(f"chat_template_kwargs: {', '.join(reserved)} cannot be set (the messages are the "
+                             "request's and a generation prompt is always added)", details=field)
+    unused = sorted(set(kwargs) - _variables(template))
+    if unused:
+        raise InvalidRequest(f"chat_template_kwargs: the model's chat template does not use {', '.join(unused)}",
+                             details={**field, "unused": unused})
+
+
+@lru_cache(maxsize=16)
+def _variables(template: str) -> frozenset[str]:
+    """The variables ``template`` reads from its context."""
+    from jinja2 import meta
+
+    return frozenset(meta.find_undeclared_variables(_environment().parse(template)))
+
+
 @lru_cache(maxsize=16)
 def _compile(template: str):
+    return _environment().from_string(template)
+
+
+def _environment():
     # Jinja2 arrives with Flask. A sandbox, as transformers uses: templates come with model files.
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -82,7 +120,7 @@ def _compile(template: str):
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
-    return env.from_string(template)
+    return env
 
 
 class IncrementalDecoder:

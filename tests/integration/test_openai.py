@@ -104,3 +104,46 @@ def test_the_client_raises_its_typed_errors(server, live_settings, live_redis):
         keyed.chat.completions.create(model="tiny-gpt", messages=messages, top_p=1.5)
     with pytest.raises(openai.RateLimitError):
         keyed.chat.completions.create(model="tiny-gpt", messages=messages, top_p=1.5)
+
+
+def test_the_client_sends_nulls_ignored_parameters_and_sampling_extensions(server, start_worker, tinygpt_dir):
+    base = server().url
+    client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
+    start_worker()
+    messages = [{"role": "user", "content": "Tell me a fable."}]
+    chat = client.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=8, stream=None,
+                                          temperature=None, store=True, metadata={"k": "v"}, user="u1",
+                                          service_tier="auto", parallel_tool_calls=False)
+    assert chat.object == "chat.completion" and chat.choices[0].message.content
+    completion = client.completions.create(model="tiny-gpt", prompt="The fox", max_tokens=8, stream=None)
+    assert completion.object == "text_completion"
+
+    # shared/seeds/002's sampling parameters, as its extra_body example sends them; the same seed, the same text.
+    extra = {"top_k": 50, "repetition_penalty": 1.0, "chat_template_kwargs": {}}
+    sampled = [client.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=8, temperature=0.7,
+                                              top_p=0.9, seed=5, extra_body=extra).choices[0].message.content
+               for _ in range(2)]
+    assert sampled[0] and sampled[0] == sampled[1]
+    with pytest.raises(openai.BadRequestError) as unused:  # the demo template has no such variable
+        client.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=8,
+                                       extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert "does not use enable_thinking" in unused.value.message
+
+    # The seed's unversioned routes, with the same client.
+    bare = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=60)
+    assert bare.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=4).choices[0].message.content
+
+
+def test_files_list_order_and_expiry(server):
+    client = openai.OpenAI(base_url=server().url + "/v1", api_key="unused", max_retries=0)
+    ids = []
+    for i in range(3):
+        f = client.files.create(file=(f"f{i}.jsonl", b'{"prompt": "x"}\n'), purpose="batch",
+                                expires_after={"anchor": "created_at", "seconds": 3600})
+        assert f.expires_at - f.created_at == 3600
+        ids.append(f.id)
+    assert [f.id for f in client.files.list(order="asc") if f.id in ids] == ids
+    assert [f.id for f in client.files.list(order="desc") if f.id in ids] == ids[::-1]
+    with pytest.raises(openai.BadRequestError) as bogus:
+        client.files.list(order="bogus")
+    assert bogus.value.body["param"] == "order"

@@ -119,7 +119,7 @@ def test_openai_batch_lines():
     assert lines[0].input["max_tokens"] == 9 and lines[0].model == "tiny-gpt"
     assert lines[1].input["prompt"] == "Once" and lines[1].input["max_tokens"] == 4
     assert lines[2].error["message"] == "method must be POST"
-    assert lines[3].error["message"] == "body.n=3 is not supported"
+    assert lines[3].error["message"] == "n must be 1 (one choice per request)"  # the endpoint's own message
     assert "runs embedding requests" in lines[4].error["message"]
 
 
@@ -128,7 +128,7 @@ def test_openai_lines_of_another_endpoint_fail_in_a_v1_batch():
                  {"custom_id": "e2", "method": "POST", "url": "/v1/completions", "body": {"prompt": "a"}},
                  {"custom_id": "e3", "input": "native"})
     lines = reader(JobType.EMBEDDING, endpoint="/v1/embeddings").file(data).lines
-    assert lines[0].ok and lines[0].input == {"input": "a"}
+    assert lines[0].ok and lines[0].input == {"input": ["a"]}
     assert "not this batch's endpoint" in lines[1].error["message"]
     assert lines[2].error["message"] == "a /v1/batches line needs method, url and body"
 
@@ -202,3 +202,50 @@ def test_an_empty_file_is_refused():
 def test_format_detection():
     assert detect_format("a.jsonl", b"") == "jsonl" and detect_format("a.CSV", b"") == "csv"
     assert detect_format(None, b'\n{"prompt": 1}') == "jsonl" and detect_format("upload", b"hello") == "txt"
+
+
+def test_openai_lines_accept_exactly_what_their_endpoint_accepts():
+    data = jsonl(
+        {"custom_id": "e", "method": "POST", "url": "/v1/embeddings",
+         "body": {"model": "minilm", "input": "a", "dimensions": 384, "encoding_format": None}},
+        {"custom_id": "c", "method": "POST", "url": "/v1/completions",
+         "body": {"model": "tiny-gpt", "prompt": ["a", "b"], "stream": None, "top_k": 40}},
+        {"custom_id": "s", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "tiny-gpt", "messages": [{"role": "user", "content": "hi"}], "store": True,
+                  "service_tier": "auto", "parallel_tool_calls": True, "repetition_penalty": 1.2,
+                  "chat_template_kwargs": {"enable_thinking": False}}},
+        {"custom_id": "x", "method": "POST", "url": "/v1/completions",
+         "body": {"model": "tiny-gpt", "prompt": ["p"] * 17}},
+        {"custom_id": "u", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "tiny-gpt", "messages": [{"role": "user", "content": "hi"}], "tools": []}},
+    )
+    embeddings = reader(JobType.EMBEDDING).file(data).lines
+    assert embeddings[0].ok and embeddings[0].input == {"input": ["a"], "dimensions": 384}
+    lines = reader(JobType.COMPLETION).file(data).lines
+    assert lines[1].ok and lines[1].input["prompt"] == ["a", "b"] and lines[1].input["top_k"] == 40
+    assert lines[2].ok, lines[2].error
+    assert lines[2].input["repetition_penalty"] == 1.2
+    assert lines[2].input["chat_template_kwargs"] == {"enable_thinking": False}
+    assert lines[3].error["message"] == "body.prompt: at most 16 prompts per request"
+    assert lines[4].error["message"] == "Unrecognized request argument supplied: tools"
+
+
+def test_csv_line_numbers_count_only_real_line_ends():
+    # U+2028, U+0085, form feed and \x1c are str.splitlines() breaks but text inside a CSV row.
+    data = ("custom_id,prompt\n"
+            "a,one\u2028two\n"
+            "b,three\x0cfour\x1cfive\u0085six\n"
+            "c,\"quoted\r\nacross lines\"\n"
+            "d,last\r"
+            "e,after a bare CR\n").encode()
+    lines = by_line(reader().file(data, "p.csv"))
+    assert sorted(lines) == [2, 3, 4, 6, 7]
+    assert lines[2].input["prompt"] == "one\u2028two" and lines[2].custom_id == "a"
+    assert lines[3].input["prompt"] == "three\x0cfour\x1cfive\u0085six"
+    assert lines[4].input["prompt"] == "quoted\r\nacross lines"
+    assert lines[6].custom_id == "d" and lines[7].custom_id == "e"
+
+
+def test_format_sniffing_ignores_str_only_line_breaks():
+    assert detect_format(None, '\u2028{"prompt": "x"}\n'.encode()) == "txt"  # U+2028 is not a line end
+    assert detect_format(None, b'\r\n{"prompt": "x"}\n') == "jsonl"

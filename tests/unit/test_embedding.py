@@ -108,3 +108,9 @@ def test_bad_input_fails_alone(runner, bad):
 def test_long_input_is_truncated_to_max_tokens(runner):
     (result,) = runner.run_batch([{"input": "word " * 1500}])  # 7,500 characters, far over 256 tokens
     assert result["usage"]["prompt_tokens"] == 256
+
+
+def test_dimensions_other_than_the_models_fail_their_job_alone(runner):
+    good, bad = runner.run_batch([{"input": "a", "dimensions": 384}, {"input": "b", "dimensions": 256}])
+    assert good["dim"] == 384 and len(good["embeddings"][0]) == 384
+    assert isinstance(bad, InvalidRequest) and "the model's own (384)" in bad.message

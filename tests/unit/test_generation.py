@@ -141,3 +141,30 @@ def test_invalid_input_fails_alone(runner, bad):
     good, error = runner.run_batch([{"prompt": PROMPT, "max_tokens": 3}, bad])
     assert good["usage"]["completion_tokens"] <= 3
     assert isinstance(error, InvalidRequest)
+
+
+def test_chat_template_kwargs_reach_the_template_or_are_refused():
+    from inferno_jobs.errors import InvalidRequest
+
+    template = "{% if shout %}LOUD {% endif %}{% for m in messages %}{{ m.content }}{% endfor %}"
+    assert render_chat(CHAT, template, {"shout": True}).startswith("LOUD ")
+    assert not render_chat(CHAT, template, {}).startswith("LOUD ")
+    for template_, kwargs, words in [(template, {"enable_thinking": False}, "does not use enable_thinking"),
+                                     (None, {"shout": True}, "no chat template"),
+                                     (template, {"add_generation_prompt": False}, "cannot be set")]:
+        with pytest.raises(InvalidRequest, match=words) as refused:
+            render_chat(CHAT, template_, kwargs)
+        assert refused.value.details["field"] == "chat_template_kwargs"
+
+
+def test_a_list_of_prompts_is_one_choice_each(runner):
+    one = complete(runner, max_tokens=4, seed=1)
+    (many,) = runner.run_batch([{"prompt": [PROMPT, PROMPT], "max_tokens": 4, "seed": 1}])
+    assert [c["index"] for c in many["choices"]] == [0, 1]
+    assert all(c["text"] == one["text"] for c in many["choices"])
+    assert many["usage"]["total_tokens"] == 2 * one["usage"]["total_tokens"]
+
+
+def test_the_demo_template_refuses_a_keyword_it_does_not_use(runner):
+    (error,) = runner.run_batch([{"messages": CHAT, "chat_template_kwargs": {"enable_thinking": False}}])
+    assert isinstance(error, InvalidRequest) and "does not use enable_thinking" in error.message

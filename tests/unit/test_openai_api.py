@@ -4,6 +4,8 @@ validation table in OpenAI's error shape, the sync wait's 504, and cancel on dis
 from __future__ import annotations
 
 import base64
+import io
+import json
 import time
 
 import numpy as np
@@ -156,7 +158,7 @@ def test_a_failed_job_is_an_openai_error(app_of, inline, monkeypatch):
 
 
 def test_presence_and_frequency_penalties_reach_the_job_input():
-    from api.openai_inference import _sampling
+    from inferno_jobs.openai_request import sampling as _sampling
     from inferno_jobs.batchfile import Limits, Reader
     from inferno_jobs.job import JobType
 
@@ -168,3 +170,125 @@ def test_presence_and_frequency_penalties_reach_the_job_input():
         "body": {"model": "tiny-gpt", "prompt": "Once", "presence_penalty": 0.5, "frequency_penalty": 1}})
     assert line.ok, line.error
     assert (line.input["presence_penalty"], line.input["frequency_penalty"]) == (0.5, 1)
+
+
+def _input_of(inline, job_id: str) -> dict:
+    return inline.store.get(job_id).input
+
+
+def test_null_means_the_default_for_every_optional_parameter(v1, inline):
+    nulls = {"stream": None, "temperature": None, "top_p": None, "max_tokens": None, "stop": None, "seed": None,
+             "n": None, "presence_penalty": None, "frequency_penalty": None, "logit_bias": None, "user": None,
+             "stream_options": None, "store": None, "metadata": None, "service_tier": None, "top_k": None,
+             "repetition_penalty": None, "chat_template_kwargs": None}
+    chat = v1.post("/v1/chat/completions", json={**CHAT, **nulls, "max_completion_tokens": None, "logprobs": None,
+                                                 "top_logprobs": None, "response_format": None,
+                                                 "parallel_tool_calls": None})
+    assert chat.status_code == 200, chat.get_json()
+    assert chat.get_json()["object"] == "chat.completion"  # stream: null is no stream
+    completion = v1.post("/v1/completions", json={"model": "tiny-gpt", "prompt": "Once", **nulls, "echo": None,
+                                                  "suffix": None, "best_of": None, "logprobs": None})
+    assert completion.status_code == 200, completion.get_json()
+    embedding = v1.post("/v1/embeddings", json={"model": "minilm", "input": "a", "encoding_format": None,
+                                                "dimensions": None, "user": None})
+    assert embedding.status_code == 200 and embedding.get_json()["data"][0]["embedding"] == [0.5] * 4
+    missing = v1.post("/v1/chat/completions", json={**CHAT, "model": None}).get_json()["error"]
+    assert missing["message"] == "model is required" and missing["param"] == "model"
+
+
+def test_standard_parameters_without_effect_are_accepted_and_ignored(v1, inline):
+    ignored = {"store": True, "metadata": {"k": "v"}, "user": "u1", "service_tier": "auto",
+               "parallel_tool_calls": False}
+    r = v1.post("/v1/chat/completions", json={**CHAT, **ignored})
+    assert r.status_code == 200, r.get_json()
+    assert _input_of(inline, r.get_json()["id"]) == {"messages": CHAT["messages"]}  # nothing of them reaches the job
+    tier = v1.post("/v1/chat/completions", json={**CHAT, "service_tier": "fastest"}).get_json()["error"]
+    assert tier["param"] == "service_tier"
+    # The same body is a valid batch line (docs/batches.md), validated by the same schema.
+    from inferno_jobs.batchfile import Limits, Reader
+    from inferno_jobs.job import JobType
+
+    line = Reader(JobType.CHAT, limits=Limits(10**6, 10, 10**5)).request(1, {
+        "custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {**CHAT, **ignored}})
+    assert line.ok, line.error
+
+
+def test_top_k_repetition_penalty_and_chat_template_kwargs_reach_the_job(v1, inline):
+    extra = {"top_k": 50, "repetition_penalty": 1.1, "chat_template_kwargs": {"enable_thinking": False}}
+    r = v1.post("/v1/chat/completions", json={**CHAT, **extra})
+    assert r.status_code == 200, r.get_json()
+    assert _input_of(inline, r.get_json()["id"]) == {"messages": CHAT["messages"], **extra}
+    r = v1.post("/v1/completions", json={"model": "tiny-gpt", "prompt": "Once", "top_k": -1,
+                                         "repetition_penalty": 1.0, "chat_template_kwargs": {}})
+    assert r.status_code == 200, r.get_json()
+    assert _input_of(inline, r.get_json()["id"]) == {"prompt": "Once", "top_k": 0, "repetition_penalty": 1.0}
+    # A completion has no chat template: a keyword for one would be ignored, so it is refused.
+    refused = v1.post("/v1/completions", json={"model": "tiny-gpt", "prompt": "Once",
+                                               "chat_template_kwargs": {"enable_thinking": False}})
+    assert refused.status_code == 400 and refused.get_json()["error"]["param"] == "chat_template_kwargs"
+    bad = v1.post("/v1/chat/completions", json={**CHAT, "repetition_penalty": 0}).get_json()["error"]
+    assert bad["param"] == "repetition_penalty"
+
+
+def test_chat_and_completions_answer_without_the_version(v1, inline):
+    chat = v1.post("/chat/completions", json=CHAT)
+    assert chat.status_code == 200 and chat.get_json()["object"] == "chat.completion"
+    completion = v1.post("/completions", json={"model": "tiny-gpt", "prompt": "Once"})
+    assert completion.status_code == 200 and completion.get_json()["object"] == "text_completion"
+    error = v1.post("/chat/completions", json={**CHAT, "temperature": 3}).get_json()["error"]  # OpenAI's shape
+    assert error["param"] == "temperature" and error["type"] == "invalid_request_error"
+    assert v1.post("/embeddings", json={"model": "minilm", "input": "a"}).status_code == 200  # the seeds' own route
+    from api.ratelimit import rate_limited
+
+    assert rate_limited("POST", "/chat/completions") and rate_limited("POST", "/completions")  # counted as /v1
+
+
+def test_a_model_of_the_wrong_type_is_a_bad_model(v1, inline):
+    embeddings = v1.post("/v1/embeddings", json={"model": "tiny-gpt", "input": "a"}).get_json()["error"]
+    assert embeddings["param"] == "model" and "is a completion model" in embeddings["message"]
+    chat = v1.post("/v1/chat/completions", json={**CHAT, "model": "minilm"}).get_json()["error"]
+    assert chat["param"] == "model" and "'minilm' is an embedding model" in chat["message"]
+
+
+def _upload(v1, data: bytes = b'{"prompt": "x"}\n', **form):
+    return v1.post("/v1/files", data={"file": (io.BytesIO(data), "in.jsonl"), "purpose": "batch", **form},
+                   content_type="multipart/form-data")
+
+
+def test_files_expire_after_what_the_upload_asks(v1):
+    file = _upload(v1, **{"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"}).get_json()
+    assert file["expires_at"] - file["created_at"] == 3600
+    default = _upload(v1).get_json()
+    assert default["expires_at"] - default["created_at"] == 7 * 24 * 3600  # INFERNO_FILE_RETENTION_S
+    for form, param in [({"expires_after[anchor]": "last_active_at", "expires_after[seconds]": "3600"},
+                         "expires_after.anchor"),
+                        ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "60"},
+                         "expires_after.seconds"),
+                        ({"expires_after[anchor]": "created_at", "expires_after[seconds]": str(8 * 24 * 3600)},
+                         "expires_after.seconds")]:
+        r = _upload(v1, **form)
+        assert r.status_code == 400 and r.get_json()["error"]["param"] == param, (form, r.get_json())
+
+
+def test_files_list_in_either_order(v1):
+    ids = [_upload(v1).get_json()["id"] for _ in range(3)]
+    assert [f["id"] for f in v1.get("/v1/files").get_json()["data"]] == ids[::-1]
+    assert [f["id"] for f in v1.get("/v1/files?order=desc").get_json()["data"]] == ids[::-1]
+    asc = v1.get("/v1/files?order=asc&limit=2").get_json()
+    assert [f["id"] for f in asc["data"]] == ids[:2] and asc["has_more"]
+    rest = v1.get(f"/v1/files?order=asc&after={ids[1]}").get_json()
+    assert [f["id"] for f in rest["data"]] == ids[2:] and not rest["has_more"]
+    bogus = v1.get("/v1/files?order=bogus")
+    assert bogus.status_code == 400
+    assert bogus.get_json()["error"]["param"] == "order"
+    assert bogus.get_json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_new_batch_is_in_progress_since_it_was_accepted(v1, inline):
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"model": "tiny-gpt", "prompt": "x"}}
+    file = _upload(v1, (json.dumps(line) + "\n").encode()).get_json()
+    batch = v1.post("/v1/batches", json={"input_file_id": file["id"], "endpoint": "/v1/completions",
+                                         "completion_window": "24h"}).get_json()
+    assert batch["status"] == "in_progress"
+    assert batch["in_progress_at"] is not None and batch["in_progress_at"] >= batch["created_at"]
+    assert v1.get(f"/v1/batches/{batch['id']}").get_json()["in_progress_at"] == batch["in_progress_at"]
