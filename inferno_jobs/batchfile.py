@@ -348,7 +348,12 @@ class Reader:
     def _csv(self, data: bytes) -> list[Line]:
         text = data.decode("utf-8", errors="surrogateescape")
         physical = _PHYSICAL_LINE.findall(text)
-        reader = csv.reader(physical)
+        # No field can be longer than the file: the csv module's own cap (131,072 characters, process-wide) would
+        # fail a long prompt as unreadable before the row's size is checked against max_line_bytes below.
+        csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+        # strict: a stray quote (`"abc"def`) or a quote left open at the end of the file is an error, not text
+        # silently changed or every later row swallowed into one field.
+        reader = csv.reader(physical, strict=True)
         try:
             header = next(reader)
         except StopIteration:
@@ -364,6 +369,7 @@ class Reader:
             raise InvalidRequest(f"the CSV file needs a prompt (or text) column; its columns are {', '.join(header)}")
         lines: list[Line] = []
         rows = 0
+        offset = 0  # physical lines before the reader's first (a reader restarts after a quote left open)
         previous_end = reader.line_num
         while True:
             try:
@@ -372,11 +378,18 @@ class Reader:
                 break
             except csv.Error as exc:
                 number = previous_end + 1
-                lines.append(Line(number, f"line-{number}", error={"code": "INVALID_REQUEST",
-                                                                    "message": f"the CSV row cannot be read: {exc}"}))
-                previous_end = reader.line_num
+                message = f"the CSV row cannot be read: {exc}"
+                if offset + reader.line_num >= len(physical) and offset + reader.line_num > number:
+                    # A quote left open ran to the end of the file: this row fails, the lines after it are read
+                    # again as rows of their own.
+                    message += f" (a quote opened on line {number} is never closed)"
+                    offset, reader = number, csv.reader(physical[number:], strict=True)
+                    previous_end = number
+                else:
+                    previous_end = offset + reader.line_num
+                lines.append(Line(number, f"line-{number}", error={"code": "INVALID_REQUEST", "message": message}))
                 continue
-            number, previous_end = previous_end + 1, reader.line_num
+            number, previous_end = previous_end + 1, offset + reader.line_num
             if not any(cell.strip() for cell in row):
                 continue
             rows += 1

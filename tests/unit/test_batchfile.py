@@ -246,6 +246,29 @@ def test_csv_line_numbers_count_only_real_line_ends():
     assert lines[6].custom_id == "d" and lines[7].custom_id == "e"
 
 
+def test_a_csv_quote_left_open_fails_its_row_and_the_rows_after_it_still_run():
+    data = b'custom_id,prompt\nc1,"unterminated\nc2,ok\nc3,ok3\n'
+    lines = by_line(reader().file(data, "p.csv"))
+    assert sorted(lines) == [2, 3, 4]
+    assert lines[2].error["code"] == "INVALID_REQUEST" and "never closed" in lines[2].error["message"]
+    assert (lines[3].custom_id, lines[3].input["prompt"]) == ("c2", "ok")
+    assert (lines[4].custom_id, lines[4].input["prompt"]) == ("c3", "ok3")
+
+
+def test_a_stray_csv_quote_is_an_error_not_text_changed_silently():
+    lines = by_line(reader().file(b'custom_id,prompt\na,"abc"def\nb,fine\n', "p.csv"))
+    assert lines[2].error["code"] == "INVALID_REQUEST" and "cannot be read" in lines[2].error["message"]
+    assert lines[3].input["prompt"] == "fine"
+
+
+def test_a_long_csv_field_is_measured_against_the_line_limit_not_the_csv_modules_cap():
+    big = "x" * 200_000  # over the csv module's default 131,072-character field cap
+    data = f"custom_id,prompt\nbig,{big}\nok,{'y' * 150_000}\n".encode()
+    lines = by_line(reader(limits=Limits(1 << 22, 10, 180_000)).file(data, "p.csv"))
+    assert lines[2].error["code"] == "PAYLOAD_TOO_LARGE"
+    assert lines[3].input["prompt"] == "y" * 150_000 and lines[3].custom_id == "ok"
+
+
 def test_format_sniffing_ignores_str_only_line_breaks():
     assert detect_format(None, '\u2028{"prompt": "x"}\n'.encode()) == "txt"  # U+2028 is not a line end
     assert detect_format(None, b'\r\n{"prompt": "x"}\n') == "jsonl"
