@@ -1,11 +1,11 @@
 """Rate limits and backpressure at the API edge (docs/operations.md#rate-limits).
 
 Rate-limited routes are the ones that submit work: ``POST`` to ``/jobs``, ``/batches``, the seeds' endpoints and
-everything on the OpenAI surface (``/v1``, and ``/chat/completions``, ``/completions``). Reads, cancels and controls are not limited, so polling a job never uses up a key's
-budget. Each limited request is counted per API key (per client IP only when auth is disabled and
-``INFERNO_RATE_LIMIT_BY_IP`` is on) and carries ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset``; over a
-limit it answers 429 ``RATE_LIMIT_EXCEEDED`` with ``Retry-After``. When a pool's queues are full, submissions
-answer 503 with ``Retry-After`` (:class:`Capacity`).
+everything on the OpenAI surface (``/v1``, and ``/chat/completions``, ``/completions``). Reads, cancels and
+controls are not limited, so polling a job never uses up a key's budget. Each limited request is counted per API
+key (per client IP only when auth is disabled and ``INFERNO_RATE_LIMIT_BY_IP`` is on) and carries
+``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset``; over a limit it answers 429 ``RATE_LIMIT_EXCEEDED`` with
+``Retry-After``. When a pool's queues are full, submissions answer 503 with ``Retry-After`` (:class:`Capacity`).
 """
 
 from __future__ import annotations
