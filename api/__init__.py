@@ -49,10 +49,14 @@ def create_app(settings: Settings | None = None, *, redis_client: redis.Redis | 
                      ratelimit, request_context, runtime_config, seed_inference, seed_models, seed_predict, traces,
                      websocket)
     from api import versioning
+    from api import compression, cors, seed_info, seed_infer, seed_services
     from inferno_jobs.tracing import instrument_flask
 
-    for module in (request_context, errors, access_log, ratelimit, versioning):
+    # compression first: after_request hooks run in reverse, so it compresses the finished response.
+    for module in (compression, cors, request_context, errors, access_log, ratelimit, versioning):
         module.init_app(app)
+    for module in (seed_info, seed_infer, seed_services):
+        app.register_blueprint(module.bp)
     for module in (jobs, deliveries, batches, openai_files, openai_batches, health, models, controls, metrics,
                    openapi, events, openai_inference, seed_inference, seed_predict, websocket, cache, runtime_config,
                    seed_models, auth, ingest, feature_importance, traces):

@@ -160,6 +160,14 @@ def purge_queue(name: str):
 def list_workers():
     """Every worker node that sent a heartbeat: pool, queues, models, healthy, jobs done, errors, mean run time."""
     require_operator_or_key()
+    nodes = worker_nodes()
+    return jsonify(WorkerList().dump({"workers": nodes, "total": len(nodes),
+                                      "healthy": sum(1 for n in nodes if n["healthy"])}))
+
+
+def worker_nodes() -> list[dict]:
+    """Every worker node that sent a heartbeat, by name, as ``WorkerInfo`` (also the seeds' ``/services`` and
+    ``/stats``, api/seed_services.py)."""
     svc = services()
     online = {w["hostname"] for w in workers_online()}
     nodes = []
@@ -171,6 +179,5 @@ def list_workers():
                       "last_seen": beat.get("last_seen"),
                       **worker_stats(svc.redis, svc.store.keys, name)})
     nodes.sort(key=lambda n: n["name"])
-    return jsonify(WorkerList().dump({"workers": nodes, "total": len(nodes),
-                                      "healthy": sum(1 for n in nodes if n["healthy"])}))
+    return nodes
 

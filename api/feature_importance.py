@@ -7,10 +7,10 @@ It runs as a ``feature_importance`` job (inferno_jobs/importance.py), high prior
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, fields, validate, validates_schema
 
 from api.body import json_body
-from api.compat_schemas import CompatSchema, load_request
+from api.compat_schemas import CompatSchema, check_rows, load_request
 from api.request_context import tenant
 from api.seed_predict import predict_model
 from api.sync_jobs import find_model, job_error, submit_now, wait
@@ -33,6 +33,10 @@ class FeatureImportanceRequest(CompatSchema):
     seed = fields.Integer(strict=True, allow_none=True, validate=validate.Range(
         0, importance.SEED_LIMIT - 1, error=f"seed must be between 0 and {importance.SEED_LIMIT - 1}"))
     request_id = fields.String(allow_none=True, validate=validate.Length(max=128))
+
+    @validates_schema
+    def _rows(self, data, **kwargs):
+        check_rows(data.get("features") or [], "features")  # [[]] is a 400, as on POST /predict
 
 
 class FeatureImportanceResponse(Schema):
@@ -57,9 +61,10 @@ def feature_importance():
     owner = tenant()
     data = load_request(FeatureImportanceRequest(), json_body())
     model = find_model(data["model"], JobType.FEATURE_IMPORTANCE) if data.get("model") else predict_model(None)
-    # The job's input as POST /jobs stores it (a missing seed is drawn now, so the job is reproducible).
-    job_input = FeatureImportanceInput().load({"features": data["features"], "n_repeats": data["n_repeats"],
-                                               "seed": data.get("seed")})
+    # The job's input as POST /jobs stores it (a missing seed is drawn now, so the job is reproducible); through
+    # load_request, so a row the job schema refuses is a 400 like any other field.
+    job_input = load_request(FeatureImportanceInput(), {"features": data["features"], "n_repeats": data["n_repeats"],
+                                                        "seed": data.get("seed")})
     (job,) = wait([submit_now({"type": JobType.FEATURE_IMPORTANCE, "model": model.name, "input": job_input}, owner)])
     if job.status is not JobStatus.SUCCEEDED:
         raise job_error(job)

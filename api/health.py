@@ -35,17 +35,21 @@ def workers_online() -> list[dict]:
 
 def snapshot() -> dict:
     """The health document; Redis being down is reported, not raised."""
+    from api.models import loaded_models  # api.models imports this module (through api.controls)
+
     svc = services()
     body = {"version": __version__, "uptime_seconds": round(now() - svc.started_at, 3)}
     try:
         svc.redis.ping()
         workers = workers_online()
         queues = dict(zip(all_queues(), svc.store.queue_depths(all_queues())))
+        models_loaded = len(loaded_models())
         redis_state = "ok"
     except Exception:
-        workers, queues, redis_state = [], {}, "down"
+        workers, queues, models_loaded, redis_state = [], {}, 0, "down"
     healthy = redis_state == "ok" and bool(workers)
-    body.update(status="healthy" if healthy else "degraded", redis=redis_state, workers=len(workers), queues=queues)
+    body.update(status="healthy" if healthy else "degraded", redis=redis_state, workers=len(workers), queues=queues,
+                models_loaded=models_loaded)
     return body
 
 

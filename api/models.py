@@ -39,9 +39,21 @@ def circuit_breaker() -> CircuitBreaker:
     return CircuitBreaker(services().redis, services().settings)
 
 
+def seed_fields(model) -> dict:
+    """Seed 000's ``name`` and, where the worker has one, ``context_size``: the tokens a generation model's
+    context holds (``context_length``), or an embedding model's inputs are cut to (``max_tokens``), with the
+    defaults the workers use."""
+    out = {"name": model.name}
+    if model.type == "completion":
+        out["context_size"] = int(model.options.get("context_length", 2048))
+    elif model.type == "embedding":
+        out["context_size"] = int(model.options.get("max_tokens", 256))
+    return out
+
+
 def describe(model) -> dict:
     """The model as ``GET /models`` shows it."""
-    return ModelResponse().dump(dict(model.describe(), loaded=model.name in loaded_models(),
+    return ModelResponse().dump(dict(model.describe(), **seed_fields(model), loaded=model.name in loaded_models(),
                                      circuit=circuit_breaker().get(model.name).to_api()))
 
 
@@ -53,7 +65,8 @@ def list_models():
     loaded = loaded_models()
     repository = services().models.all()
     circuits = circuit_breaker().get_many(m.name for m in repository)
-    models = [dict(m.describe(), loaded=m.name in loaded, circuit=c.to_api()) for m, c in zip(repository, circuits)]
+    models = [dict(m.describe(), **seed_fields(m), loaded=m.name in loaded, circuit=c.to_api())
+              for m, c in zip(repository, circuits)]
     return jsonify(ModelList().dump({"models": models}))
 
 
@@ -86,9 +99,15 @@ def apply_command(names: list[str], action: str) -> bool:
 def _command(model_id: str, action: str):
     require_operator_or_key()
     model = services().models.get(model_id)
+    started = time.monotonic()
     done = apply_command([model.name], action)
-    # 200 once the workers report the new state; 202 while it is still being applied.
-    return jsonify(describe(model)), (200 if done else 202)
+    # 200 once the workers report the new state; 202 while it is still being applied. Seed 000's fields beside
+    # the model; no memory_usage_bytes: workers report which models they hold, not what each takes.
+    body = dict(describe(model), model_id=model.name,
+                status=(f"{action}ed" if done else f"{action}ing"))
+    if done and action == "load":
+        body["load_time_ms"] = round((time.monotonic() - started) * 1000)
+    return jsonify(ModelResponse().dump(body)), (200 if done else 202)
 
 
 @bp.post("/models/<model_id>/load")

@@ -17,7 +17,8 @@ from api.versioning import deprecation_of
 from inferno_jobs import schemas
 
 # Blueprints that describe their own routes and schemas (ROUTES, SCHEMAS), merged into the document.
-SELF_DESCRIBED = ("auth", "cache", "feature_importance", "ingest", "runtime_config", "seed_models", "traces")
+SELF_DESCRIBED = ("auth", "cache", "feature_importance", "ingest", "runtime_config", "seed_info", "seed_infer",
+                  "seed_models", "seed_services", "traces")
 
 bp = Blueprint("openapi", __name__)
 
@@ -109,7 +110,7 @@ ROUTES = {
 
 
 # Routes that take no API key or token.
-UNAUTHENTICATED = ("/health", "/ready", "/metrics", "/auth/login")
+UNAUTHENTICATED = ("/", "/health", "/ready", "/metrics", "/auth/login")
 
 # What every rate-limited route (the ones that submit work) may also answer: 429 (rate limits, throttling) and 503
 # (queues full, circuit open).

@@ -71,10 +71,12 @@ def inference_stream():
 
 def _stream(data: dict, owner: str):
     job = generation_job(data, owner, stream=True)
-    return sse_response(_events(job), job.id)
+    return sse_response(token_events(job), job.id)
 
 
-def _events(job: Job):
+def token_events(job: Job):
+    """The SSE events of a streaming generation job: ``{"token", "index"}`` per piece, then ``{"done": true,
+    "finish_reason", "usage", "id"}`` (or ``finish_reason: "error"`` with the error)."""
     for kind, value in stream_tokens(job):
         if kind == "token":
             yield sse(value)

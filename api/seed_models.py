@@ -150,7 +150,8 @@ def unload_models():
     if not names:
         return jsonify(SeedUnloadResponse().dump({"success": True, "message": "No model was loaded", "models": []}))
     done = apply_command(names, "unload")
-    message = ("Model unloaded successfully" if len(names) == 1 else "Models unloaded successfully") if done \
+    # The seed's message whatever the count (``models`` lists them): clients compare it.
+    message = "Model unloaded successfully" if done \
         else "Unload requested; some workers still have the model loaded (GET /models shows loaded)"
     body = SeedUnloadResponse().dump({"success": True, "message": message, "models": names})
     return jsonify(body), (200 if done else 202)

@@ -75,6 +75,9 @@ class Settings:
     # Request limits.
     max_request_bytes: int = 10 * 1024 * 1024
 
+    # Browsers (api/cors.py, docs/security.md#cors): origins that may call the API from a page; "*" any, empty: none.
+    cors_origins: tuple[str, ...] = ("*",)
+
     # Operating it (docs/operations.md): rate limits per API key (0: no limit; a key's record may override them),
     # backpressure, logs, tracing.
     rate_limit_rpm: int = 60  # requests per minute on rate-limited (work-submitting) routes

@@ -79,6 +79,12 @@ class ModelNotFound(NotFound):
 
     code = "MODEL_NOT_FOUND"
 
+    def __init__(self, message: str, details: Any = None, **kwargs):
+        # The repository's models under seed 000's name too, beside the native ``available``.
+        if isinstance(details, dict) and "available" in details:
+            details = {**details, "available_models": details["available"]}
+        super().__init__(message, details, **kwargs)
+
 
 class Conflict(InfernoError):
     """Raised when a request conflicts with the current state (a terminal job, a reused idempotency key)."""
