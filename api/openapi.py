@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from http import HTTPStatus
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
@@ -65,9 +66,11 @@ ROUTES = {
     "/batch": {"post": ("Submit a batch (the seeds' shape)", "BatchRequest", 202, "SeedBatchResponse",
                         (400, 401, 404, 413))},
     "/batch/{batch_id}": {"get": ("A batch's status (the seeds' shape)", None, 200, "SeedBatchStatus", (401, 404))},
+    "/batch/{batch_id}/results": {"get": ("A batch's results as JSONL, as /batches/{batch_id}/results (the seeds' "
+                                          "path)", None, 200, None, (401, 404))},
     "/v1/files": {"post": ("Upload a file (OpenAI; multipart file + purpose=batch)", None, 200, None,
                            (400, 401, 413)),
-                  "get": ("List uploaded files, newest first (OpenAI; limit, after, purpose)", None, 200, None,
+                  "get": ("List uploaded files, newest first (OpenAI; limit, after, purpose, order)", None, 200, None,
                           (400, 401))},
     "/v1/files/{file_id}": {"get": ("A file object (OpenAI)", None, 200, None, (401, 404)),
                             "delete": ("Delete a file (OpenAI)", None, 200, None, (401, 404))},
@@ -81,6 +84,10 @@ ROUTES = {
                                       (400, 401, 404, 504))},
     "/v1/completions": {"post": ("Text completion (OpenAI; stream: true answers SSE)", None, 200, None,
                                  (400, 401, 404, 504))},
+    "/chat/completions": {"post": ("Chat completion, as /v1/chat/completions (the seeds' unversioned path)", None,
+                                   200, None, (400, 401, 404, 504))},
+    "/completions": {"post": ("Text completion, as /v1/completions (the seeds' unversioned path)", None, 200, None,
+                              (400, 401, 404, 504))},
     "/v1/embeddings": {"post": ("Embeddings (OpenAI)", None, 200, None, (400, 401, 404, 504))},
     "/v1/models": {"get": ("List models (OpenAI)", None, 200, None, (401,))},
     "/v1/models/{model_id}": {"get": ("Get a model (OpenAI)", None, 200, None, (401, 404))},
@@ -106,11 +113,14 @@ ROUTES = {
                                  "CustomMetricRequest", 200, "CustomMetricSample", (400, 401, 409))},
     "/health": {"get": ("Health", None, 200, "HealthResponse", ())},
     "/ready": {"get": ("Readiness", None, 200, "HealthResponse", (503,))},
+    "/openapi.json": {"get": ("This OpenAPI document", None, 200, None, ())},
+    "/ws": {"get": ("WebSocket upgrade: the seeds' streaming protocol; the key comes in the handshake or an auth "
+                    "message (docs/seeds.md)", None, 101, None, (400,))},
 }
 
 
 # Routes that take no API key or token.
-UNAUTHENTICATED = ("/", "/health", "/ready", "/metrics", "/auth/login")
+UNAUTHENTICATED = ("/", "/health", "/ready", "/metrics", "/auth/login", "/openapi.json")
 
 # What every rate-limited route (the ones that submit work) may also answer: 429 (rate limits, throttling) and 503
 # (queues full, circuit open).
@@ -163,7 +173,7 @@ def build_spec() -> dict:
             if rate_limited(method.upper(), path):
                 errors = tuple(sorted(set(errors) | set(SUBMIT_ERRORS)))
             op = {"summary": summary,
-                  "responses": {str(status): {"description": "OK", **(
+                  "responses": {str(status): {"description": HTTPStatus(status).phrase, **(
                                     {"content": {"application/json": {"schema": response}}} if response else {})},
                                 **{str(code): ERROR for code in errors}}}
             if body:
