@@ -97,7 +97,7 @@ def apply_command(names: list[str], action: str) -> bool:
 
 
 def _command(model_id: str, action: str):
-    require_operator_or_key()
+    require_admin()  # a load or unload changes what every tenant's jobs run on
     model = services().models.get(model_id)
     started = time.monotonic()
     done = apply_command([model.name], action)

@@ -14,6 +14,7 @@ from marshmallow import Schema, fields
 from api.body import json_body, load
 from api.models import apply_command, describe, loaded_models, run_validation
 from api.auth import require_operator_or_key
+from api.controls import require_admin
 from api.request_context import services
 from inferno_jobs.errors import InvalidRequest, ModelNotFound
 from inferno_jobs.job import isoformat, now
@@ -70,10 +71,10 @@ class SeedValidateResponse(Schema):
 
 
 ROUTES: dict = {
-    "/models/load": {"post": ("Load a model on every worker (seed 001's shape)", "SeedModelLoad", 200,
-                              "SeedModelLoadResponse", (400, 401, 404))},
-    "/models": {"delete": ("Unload a model (?model=<id>) or every loaded model (seed 001's shape)", None, 200,
-                           "SeedUnloadResponse", (401, 404))},
+    "/models/load": {"post": ("Load a model on every worker (seed 001's shape; admin key)", "SeedModelLoad", 200,
+                              "SeedModelLoadResponse", (400, 401, 403, 404))},
+    "/models": {"delete": ("Unload a model (?model=<id>) or every loaded model (seed 001's shape; admin key)", None,
+                           200, "SeedUnloadResponse", (401, 403, 404))},
     "/validate": {"post": ("Validate a model in a worker (seed 001's shape)", "SeedValidateRequest", 200,
                            "SeedValidateResponse", (400, 401, 404, 504))},
 }
@@ -129,7 +130,7 @@ def model_info(model: ModelConfig) -> dict:
 @bp.post("/models/load")
 def load_model():
     """Load a model on every worker of its pool and keep it loaded."""
-    require_operator_or_key()
+    require_admin()  # loads and unloads change what every tenant's jobs run on
     data = load(SeedModelLoad(), json_body())
     model = resolve_model_path(data["model_path"])
     check_type(model, data.get("model_type"))
@@ -144,7 +145,7 @@ def load_model():
 @bp.delete("/models")
 def unload_models():
     """Unload ``?model=<id>``, or every model some worker has loaded (a later job loads its model again)."""
-    require_operator_or_key()
+    require_admin()
     name = request.args.get("model")
     names = [services().models.get(name).name] if name else sorted(loaded_models())
     if not names:

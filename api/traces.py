@@ -10,7 +10,8 @@ from flask import Blueprint, jsonify, request
 from marshmallow import Schema, fields, validate
 
 from api.body import load
-from api.request_context import services, tenant
+from api.controls import require_admin
+from api.request_context import services
 from inferno_jobs import tracing
 from inferno_jobs.errors import NotFound
 from inferno_jobs.schemas import StrictSchema
@@ -51,8 +52,11 @@ class TraceList(Schema):
 
 @bp.get("/traces")
 def list_traces():
-    """The newest spans (``limit``, 1..1000, default 100), of one ``trace_id``, whose name contains ``operation``."""
-    tenant()
+    """The newest spans (``limit``, 1..1000, default 100), of one ``trace_id``, whose name contains ``operation``.
+
+    Admin keys and operators only: the spans are every tenant's requests (paths with their ids and query
+    strings, client addresses, user agents)."""
+    require_admin()
     svc = services()
     if not tracing.enabled(svc.settings):
         raise NotFound("tracing is off: set INFERNO_TRACING=on (or INFERNO_OTEL_ENDPOINT) on the API and the "
@@ -67,6 +71,7 @@ def list_traces():
 # statuses), merged into GET /openapi.json by api/openapi.py; SCHEMAS: name -> marshmallow schema class.
 ROUTES: dict = {
     "/traces": {"get": ("The latest finished spans of the API and workers, newest first (?limit, trace_id, "
-                        "operation); 404 while tracing is off", None, 200, "TraceList", (400, 401, 404))},
+                        "operation; admin key); 404 while tracing is off", None, 200, "TraceList",
+                        (400, 401, 403, 404))},
 }
 SCHEMAS: dict = {"TraceList": TraceList}

@@ -189,3 +189,20 @@ def test_hash_password_reads_stdin_and_its_entry_logs_in(make_app):
     client = make_app(auth="required", operators=(entry, ALICE)).test_client()
     assert login(client, "carol", "pa55 word").status_code == 200
     assert CliRunner().invoke(cli.main, ["security", "hash-password"], input="\n").exit_code != 0
+
+
+def test_model_loads_unloads_and_traces_need_an_admin_key(make_app, fake_redis):
+    """A tenant's key must not change what every tenant's jobs run on, nor read every tenant's request spans."""
+    app = make_app(auth="required", tracing="on")
+    keyring = KeyRing(fake_redis, app.extensions["inferno"].settings)
+    plain, _, _ = keyring.create("tenant-a")
+    admin, _, _ = keyring.create("ops", admin=True)
+    client = app.test_client()
+    calls = [("post", "/models/iris/load", None), ("post", "/models/iris/unload", None),
+             ("post", "/models/load", {"model_path": "iris"}), ("delete", "/models", None), ("get", "/traces", None)]
+    for method, path, body in calls:
+        refused = getattr(client, method)(path, json=body, headers={"X-API-Key": plain})
+        assert refused.status_code == 403, (path, refused.get_json())
+        assert refused.get_json()["error"]["code"] == "AUTHORIZATION_FAILED"
+    assert client.get("/traces", headers={"X-API-Key": admin}).status_code == 200
+    assert client.get("/models", headers={"X-API-Key": plain}).status_code == 200  # reading stays open to keys
