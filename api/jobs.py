@@ -13,7 +13,7 @@ from api.deliveries import dispatch_webhooks
 from api.ratelimit import Capacity
 from api.request_context import request_id, services, tenant
 from inferno_jobs import atomic, importance
-from inferno_jobs.errors import InternalError, InvalidRequest
+from inferno_jobs.errors import ContextLengthExceeded, InternalError, InvalidRequest
 from inferno_jobs.job import Job, JobType
 from inferno_jobs.schemas import JobList, JobListQuery, JobRequest, shared
 from inferno_jobs.ssrf import NetworkGuard
@@ -35,9 +35,21 @@ def job_body(job: Job) -> dict:
     return job.to_api(position_of(job))
 
 
+def check_context(model, max_tokens: int | None) -> None:
+    """A ``max_tokens`` larger than a generation model's whole context can never be honoured: 400."""
+    context = int(model.options.get("context_length", 2048))
+    if max_tokens is not None and max_tokens > context:
+        raise ContextLengthExceeded(
+            f"max_tokens is {max_tokens}; the model's context is {context} tokens (prompt included)",
+            details={"field": "max_tokens", "context_length": context})
+
+
 def check_input_for_model(model, data: dict) -> None:
-    """Checks that need the model's config: the job type it serves, the feature count of a tabular model."""
+    """Checks that need the model's config: the job type it serves, ``max_tokens`` within a generation model's
+    context (as the synchronous routes check it), the feature count of a tabular model."""
     model.check_serves(data["type"])
+    if data["type"] in (JobType.COMPLETION, JobType.CHAT):
+        check_context(model, data["input"].get("max_tokens"))
     n_features = model.options.get("n_features")
     features = data["input"].get("features")
     if n_features and features and len(features[0]) != n_features:

@@ -17,10 +17,11 @@ from flask import Blueprint, jsonify
 
 from api.body import json_body
 from api.compat_schemas import load_request
+from api.jobs import check_context
 from api.openai_errors import init_blueprint, openai_error_body
 from api.request_context import services, tenant
-from api.sync_jobs import (KEEPALIVE, check_context, find_model, job_error, result_of, sse, sse_response, stream_tokens,
-                           submit_now, wait)
+from api.sync_jobs import (KEEPALIVE, find_model, job_error, result_of, sse, sse_response, stream_tokens, submit_now,
+                           wait)
 from inferno_jobs.errors import Conflict, InvalidRequest, JobNotFound
 from inferno_jobs.job import Job, JobStatus, JobType
 from inferno_jobs.openai_request import ChatRequest, CompletionRequest, EmbeddingRequest, job_input, sampling

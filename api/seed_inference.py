@@ -12,10 +12,11 @@ from flask import Blueprint, jsonify
 
 from api.body import json_body
 from api.compat_schemas import EmbeddingRequest, InferenceRequest, load_request
+from api.jobs import check_context
 from api.openai_inference import encode_embedding
 from api.request_context import tenant
-from api.sync_jobs import (KEEPALIVE, check_context, find_model, job_error, result_of, sse, sse_response, stream_tokens,
-                           submit_now, wait)
+from api.sync_jobs import (KEEPALIVE, find_model, job_error, result_of, sse, sse_response, stream_tokens, submit_now,
+                           wait)
 from inferno_jobs.errors import InfernoError
 from inferno_jobs.job import Job, JobStatus, JobType
 

@@ -19,7 +19,7 @@ from flask import Response, stream_with_context
 
 from api.jobs import submit
 from api.request_context import services
-from inferno_jobs.errors import (ERRORS_BY_CODE, Conflict, ContextLengthExceeded, InfernoError, InternalError,
+from inferno_jobs.errors import (ERRORS_BY_CODE, Conflict, InfernoError, InternalError,
                                  JobNotFound, ModelNotFound, Timeout)
 from inferno_jobs.events import STATUS, Event
 from inferno_jobs.job import Job, JobStatus, JobType, Priority
@@ -47,15 +47,6 @@ def find_model(name: str, job_type: JobType):
             from None
     model.check_serves(job_type)
     return model
-
-
-def check_context(model, max_tokens: int | None) -> None:
-    """A ``max_tokens`` larger than a generation model's whole context can never be honoured: 400."""
-    context = int(model.options.get("context_length", 2048))
-    if max_tokens is not None and max_tokens > context:
-        raise ContextLengthExceeded(
-            f"max_tokens is {max_tokens}; the model's context is {context} tokens (prompt included)",
-            details={"field": "max_tokens", "context_length": context})
 
 
 def wait(jobs: list[Job], wait_s: float | None = None) -> list[Job]:

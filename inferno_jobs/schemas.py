@@ -33,15 +33,15 @@ class StrictSchema(Schema):
 class GenerationParams(StrictSchema):
     """Sampling parameters shared by completion and chat."""
 
-    max_tokens = fields.Integer(validate=validate.Range(1, MAX_MAX_TOKENS), load_default=64)
+    max_tokens = fields.Integer(strict=True, validate=validate.Range(1, MAX_MAX_TOKENS), load_default=64)
     temperature = fields.Float(validate=validate.Range(0, 2), load_default=1.0)
     top_p = fields.Float(validate=validate.Range(0, 1), load_default=1.0)
-    top_k = fields.Integer(validate=validate.Range(0, 100_000), load_default=0)
+    top_k = fields.Integer(strict=True, validate=validate.Range(0, 100_000), load_default=0)
     repetition_penalty = fields.Float(validate=validate.Range(0.01, 10), load_default=1.0)
     presence_penalty = fields.Float(validate=validate.Range(-2, 2), load_default=0.0)
     frequency_penalty = fields.Float(validate=validate.Range(-2, 2), load_default=0.0)
     stop = fields.Raw(load_default=None)
-    seed = fields.Integer(load_default=None, allow_none=True)
+    seed = fields.Integer(strict=True, load_default=None, allow_none=True)
     stream = fields.Boolean()  # publish tokens as they are generated (GET /jobs/<id>/events); runs unbatched
 
     @validates_schema
@@ -171,8 +171,9 @@ class JobRequest(StrictSchema):
     webhook = fields.Nested(WebhookSpec, load_default=None)
     webhook_url = fields.Url(schemes={"http", "https"}, require_tld=False, load_default=None)
     metadata = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict)
-    ttl_s = fields.Integer(validate=validate.Range(min=1), load_default=None)
-    timeout_s = fields.Integer(validate=validate.Range(min=1), load_default=None)
+    # strict: 1.5 is refused, not cut to 1
+    ttl_s = fields.Integer(strict=True, validate=validate.Range(min=1), load_default=None)
+    timeout_s = fields.Integer(strict=True, validate=validate.Range(min=1), load_default=None)
 
     @validates_schema(skip_on_field_errors=True)
     def _input_for_type(self, data, **kwargs):

@@ -72,7 +72,14 @@ class NetworkGuard:
             return None
         judged = mapped if mapped is not None else ip  # ::ffff:127.0.0.1 reaches 127.0.0.1: judge it as that
         reason = _why_refused(judged)
-        return f"{reason} address {ip}" if reason else None
+        if reason:
+            return f"{reason} address {ip}"
+        # 6to4 (2002:a9fe:a9fe::) and Teredo carry an IPv4 address a relay delivers to: judge that one too.
+        teredo = getattr(ip, "teredo", None)
+        for inner in (getattr(ip, "sixtofour", None), teredo[1] if teredo else None):
+            if inner is not None and not self._is_allowed(inner) and _why_refused(inner):
+                return f"{_why_refused(inner)} address {inner} (inside {ip})"
+        return None
 
     def resolve(self, host: str, port: int, field: str = "webhook.url") -> list[IPAddress]:
         """Every address of ``host``; raises :class:`WebhookUrlRefused` if any of them is refused.

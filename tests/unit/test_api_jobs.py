@@ -1,5 +1,6 @@
 """The native jobs API on fakeredis, with Celery replaced by a recorder."""
 
+import json
 import subprocess
 import sys
 
@@ -240,3 +241,27 @@ def test_the_api_process_never_imports_onnxruntime():
             "print('onnxruntime' in sys.modules, 'workers.engine' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_generation_job_asking_more_tokens_than_the_models_context_is_refused_at_submit(client, tinygpt_dir):
+    """As the synchronous routes refuse it: such a job could never be honoured, so it is not queued."""
+    context = json.loads((tinygpt_dir / "config.json").read_text())["context_length"]
+    r = client.post("/jobs", json={"type": "completion", "model": "tiny-gpt",
+                                   "input": {"prompt": "hi", "max_tokens": context + 1}})
+    assert r.status_code == 400, r.get_json()
+    error = r.get_json()["error"]
+    assert error["code"] == "CONTEXT_LENGTH_EXCEEDED" and error["details"]["context_length"] == context
+    ok = client.post("/jobs", json={"type": "completion", "model": "tiny-gpt",
+                                    "input": {"prompt": "hi", "max_tokens": context}})
+    assert ok.status_code == 202
+
+
+@pytest.mark.parametrize("field, body", [
+    ("input", {"type": "completion", "model": "iris", "input": {"prompt": "x", "max_tokens": 1.5}}),
+    ("input", {"type": "completion", "model": "iris", "input": {"prompt": "x", "seed": 2.5}}),
+    ("ttl_s", {**IRIS, "ttl_s": 30.5}),
+    ("timeout_s", {**IRIS, "timeout_s": 9.9}),
+])
+def test_whole_number_fields_refuse_fractions_instead_of_cutting_them(client, field, body):
+    r = client.post("/jobs", json=body)
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "INVALID_REQUEST", r.get_json()

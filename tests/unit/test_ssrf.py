@@ -52,6 +52,8 @@ def dns(monkeypatch):
     ("224.0.0.1", "multicast"),
     ("240.0.0.1", "reserved"),
     ("100.64.0.1", ""),
+    ("2002:a9fe:a9fe::", "link-local"),  # 6to4 of 169.254.169.254: a relay delivers it there
+    ("2002:7f00:1::", "loopback"),
 ])
 def test_names_resolving_to_internal_addresses_are_refused(dns, address, kind):
     dns(address)
