@@ -9,7 +9,8 @@ from werkzeug.exceptions import HTTPException
 
 from api.openai_errors import is_openai_path
 from api.request_context import request_id
-from inferno_jobs.errors import InfernoError, InternalError, InvalidRequest, NotFound, PayloadTooLarge
+from inferno_jobs.errors import (STORE_FAILURES, InfernoError, InternalError, InvalidRequest, NotFound, PayloadTooLarge,
+                                 StoreUnavailable)
 from inferno_jobs.job import isoformat, now
 from inferno_jobs.schemas import ErrorResponse
 
@@ -66,5 +67,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
+        if isinstance(exc, STORE_FAILURES):  # Redis down or frozen: the client should retry, not report a bug
+            log.warning("Redis unavailable", extra={"request_id": request_id(), "error": repr(exc)})
+            return _inferno(StoreUnavailable.of(exc))
         log.exception("unhandled error", extra={"request_id": request_id()})
         return error_response(InternalError("internal error; quote the request_id when reporting it"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import redis
 from flask import Blueprint, g, jsonify, request, url_for
 
 from api import cache as result_cache
@@ -13,7 +14,7 @@ from api.deliveries import dispatch_webhooks
 from api.ratelimit import Capacity
 from api.request_context import request_id, services, tenant
 from inferno_jobs import atomic, importance
-from inferno_jobs.errors import ContextLengthExceeded, InternalError, InvalidRequest
+from inferno_jobs.errors import ContextLengthExceeded, InternalError, InvalidRequest, StoreUnavailable
 from inferno_jobs.job import Job, JobType
 from inferno_jobs.schemas import JobList, JobListQuery, JobRequest, shared
 from inferno_jobs.ssrf import NetworkGuard
@@ -88,6 +89,12 @@ def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: 
         job, created = result_cache.create(job, model, idempotency, publish=_message_of, guard=capacity.guard)
     except atomic.Refused as refused:
         capacity.refuse(refused.reply)
+    except redis.exceptions.TimeoutError as exc:
+        # Redis may have run the transaction and only its answer was lost: the client is told the id to look for
+        # (GET /jobs/<id>: 404 means it was not stored) rather than "not accepted", which a retry would duplicate.
+        raise StoreUnavailable.of(exc, details={"job_id": job.id},
+                                  what=f"; job {job.id} may have been stored: GET /jobs/{job.id} tells (404: it "
+                                       "was not), or retry with an Idempotency-Key") from exc
     capacity.admitted()
     if created:  # the request's access-log line names it (api/access_log.py)
         g.setdefault("created_jobs", []).append(job)

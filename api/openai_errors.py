@@ -14,7 +14,8 @@ from flask import Blueprint, jsonify
 from werkzeug.exceptions import HTTPException
 
 from api.request_context import request_id
-from inferno_jobs.errors import InfernoError, InternalError, InvalidRequest, NotFound, PayloadTooLarge
+from inferno_jobs.errors import (STORE_FAILURES, InfernoError, InternalError, InvalidRequest, NotFound, PayloadTooLarge,
+                                 StoreUnavailable)
 
 log = logging.getLogger(__name__)
 
@@ -72,5 +73,8 @@ def init_blueprint(bp: Blueprint) -> None:
 
     @bp.errorhandler(Exception)
     def _unexpected(exc: Exception):
+        if isinstance(exc, STORE_FAILURES):  # Redis down or frozen: a 503 to retry, as on the native API
+            log.warning("Redis unavailable", extra={"request_id": request_id(), "error": repr(exc)})
+            return openai_error_response(StoreUnavailable.of(exc))
         log.exception("unhandled error", extra={"request_id": request_id()})
         return openai_error_response(InternalError("internal error; quote the X-Request-ID when reporting it"))

@@ -19,8 +19,8 @@ from flask import Response, stream_with_context
 
 from api.jobs import submit
 from api.request_context import services
-from inferno_jobs.errors import (ERRORS_BY_CODE, Conflict, InfernoError, InternalError,
-                                 JobNotFound, ModelNotFound, Timeout)
+from inferno_jobs.errors import (ERRORS_BY_CODE, STORE_FAILURES, Conflict, InfernoError, InternalError,
+                                 JobNotFound, ModelNotFound, StoreUnavailable, Timeout)
 from inferno_jobs.events import STATUS, Event
 from inferno_jobs.job import Job, JobStatus, JobType, Priority
 from inferno_jobs.store import JobStore
@@ -63,7 +63,12 @@ def wait(jobs: list[Job], wait_s: float | None = None) -> list[Job]:
         if left <= 0:
             break
         # Slices of at most 5 s: a stream that was lost (a record older than event streams) is noticed below.
-        events = svc.store.events.read(positions, block_ms=min(left, 5) * 1000)
+        try:
+            events = svc.store.events.read(positions, block_ms=min(left, 5) * 1000)
+        except STORE_FAILURES as exc:  # the jobs go on: say which, so the caller can poll them
+            ids = sorted(positions)
+            raise StoreUnavailable.of(exc, details={"job_id": ids[0], "job_ids": ids},
+                                      what=f" while waiting; poll GET /jobs/{ids[0]} for the result") from exc
         for job_id, event in events:
             positions[job_id] = event.id
         done = {job_id for job_id, event in events if event.terminal}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
+
 
 class InfernoError(Exception):
     """Raised for any failure that inferno-jobs reports to a user."""
@@ -120,6 +122,22 @@ class QueueFull(ModelNotLoaded):
 
 class CircuitOpen(ModelNotLoaded):
     """Raised when a model's circuit breaker is open (its runs keep failing): 503 with ``Retry-After``."""
+
+
+class StoreUnavailable(ModelNotLoaded):
+    """Raised when Redis (the job store and the broker) cannot be reached or does not answer in time: 503 with
+    ``Retry-After``; nothing is wrong with the request."""
+
+    RETRY_AFTER_S = 5
+
+    @classmethod
+    def of(cls, exc: BaseException, details: Any = None, what: str = "") -> "StoreUnavailable":
+        return cls(f"the job store (Redis) is unavailable ({exc.__class__.__name__}){what}; retry in a few seconds",
+                   details=details, retry_after_s=cls.RETRY_AFTER_S)
+
+
+# What redis-py raises when Redis is down, restarting or frozen (not a bad command): StoreUnavailable, not a 500.
+STORE_FAILURES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 class InferenceFailed(InfernoError):

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from inferno_jobs.errors import InvalidRequest, ModelNotFound
 from inferno_jobs.job import JobType
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -84,13 +87,18 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: Path) -> "ModelConfig":
-        """Read ``path/config.json``."""
-        raw = json.loads((path / "config.json").read_text())
-        known = {"type", "device", "max_batch_size", "max_batch_wait_ms"}
-        return cls(name=path.name, path=path, type=raw["type"], device=raw.get("device", "cpu"),
-                   max_batch_size=int(raw.get("max_batch_size", 32)),
-                   max_batch_wait_ms=int(raw.get("max_batch_wait_ms", 5)),
-                   options={k: v for k, v in raw.items() if k not in known})
+        """Read ``path/config.json``; raises :class:`ModelNotFound` naming the problem when it cannot be used (not
+        JSON, not an object, no ``type``, a size that is not a number)."""
+        try:
+            raw = json.loads((path / "config.json").read_text())
+            known = {"type", "device", "max_batch_size", "max_batch_wait_ms"}
+            return cls(name=path.name, path=path, type=raw["type"], device=raw.get("device", "cpu"),
+                       max_batch_size=int(raw.get("max_batch_size", 32)),
+                       max_batch_wait_ms=int(raw.get("max_batch_wait_ms", 5)),
+                       options={k: v for k, v in raw.items() if k not in known})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelNotFound(f"model {path.name!r} cannot be used: its config.json is broken "
+                                f"({exc.__class__.__name__}: {str(exc)[:200]})", details={"field": "model"}) from None
 
 
 class ModelRepository:
@@ -124,5 +132,12 @@ class ModelRepository:
         return sorted(p.name for p in self.root.iterdir() if (p / "config.json").is_file())
 
     def all(self) -> list[ModelConfig]:
-        """Every model in the repository."""
-        return [self.get(name) for name in self.names()]
+        """Every usable model in the repository: one with a broken config.json is left out (and logged), so the
+        others are still listed; asking for it by name says what is wrong with it."""
+        out = []
+        for name in self.names():
+            try:
+                out.append(self.get(name))
+            except ModelNotFound as exc:
+                log.warning("model left out of the listing", extra={"model": name, "error": exc.message})
+        return out

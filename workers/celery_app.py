@@ -15,6 +15,7 @@ from workers.message import Commands, MessageCollector
 
 RUN_JOB = "inferno.run_job"
 VALIDATE_MODEL = "inferno.validate_model"
+BROKER_SOCKET_TIMEOUT_S = 10  # kombu's Redis sockets (broker_transport_options below)
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -28,6 +29,11 @@ def make_celery(settings: Settings | None = None) -> Celery:
         "visibility_timeout": settings.visibility_timeout_s,
         # kombu 5.7: restore messages of a dead worker promptly instead of every tenth sweep.
         "unacked_restore_interval": 10,
+        # Without these kombu's sockets have no timeout: a frozen Redis held every API thread that was
+        # publishing a message (kombu's connection check) for as long as it stayed frozen. The worker's own
+        # BRPOP waits 1 s at a time (polling_interval), well under them.
+        "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_S,
     }
     app.conf.update(
         # Each queue its own direct exchange and routing key: a shared default key would copy every

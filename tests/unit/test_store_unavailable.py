@@ -1,0 +1,63 @@
+"""Redis down or frozen: a 503 to retry (with Retry-After), never a 500; a job whose store call timed out is named;
+a model with a broken config.json is left out of listings and named when asked for."""
+
+import shutil
+
+import pytest
+import redis
+
+from api import cache as result_cache
+from inferno_jobs.store import JobStore
+
+IRIS = {"type": "predict", "model": "iris", "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}}
+
+
+def refuse(*args, **kwargs):
+    raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+def test_an_unreachable_redis_is_a_503_with_retry_after_on_the_native_api(client, monkeypatch):
+    monkeypatch.setattr(JobStore, "get", refuse)
+    r = client.get("/jobs/job_01abc")
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    error = r.get_json()["error"]
+    assert error["code"] == "MODEL_NOT_LOADED" and "Redis" in error["message"]
+
+
+def test_an_unreachable_redis_is_a_503_in_openais_shape_on_v1(client, monkeypatch, minilm_dir):
+    monkeypatch.setattr(result_cache, "create", refuse)
+    r = client.post("/v1/embeddings", json={"model": "minilm", "input": "hello"})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert r.get_json()["error"]["type"] == "server_error" and "Redis" in r.get_json()["error"]["message"]
+
+
+def test_a_submit_whose_answer_timed_out_names_the_job_it_may_have_stored(client, monkeypatch):
+    def timed_out(*args, **kwargs):
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+    monkeypatch.setattr(result_cache, "create", timed_out)
+    r = client.post("/jobs", json=IRIS)
+    assert r.status_code == 503
+    error = r.get_json()["error"]
+    job_id = error["details"]["job_id"]
+    assert job_id.startswith("job_") and f"GET /jobs/{job_id}" in error["message"]
+
+
+@pytest.fixture
+def broken_model(model_dir):
+    path = model_dir / "broken"
+    shutil.copytree(model_dir / "iris", path)
+    (path / "config.json").write_text("{garbage")
+    yield "broken"
+    shutil.rmtree(path)
+
+
+def test_a_broken_config_leaves_the_others_listed_and_names_the_problem(client, broken_model):
+    listed = client.get("/models")
+    assert listed.status_code == 200
+    ids = {m["id"] for m in listed.get_json()["models"]}
+    assert "iris" in ids and broken_model not in ids
+    assert client.get("/v1/models").status_code == 200
+    r = client.post("/jobs", json={**IRIS, "model": broken_model})
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "MODEL_NOT_FOUND"
+    assert "config.json is broken" in r.get_json()["error"]["message"]
+    assert client.post("/jobs", json=IRIS).status_code == 202
