@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import redis
 from flask import Flask
 
+from api.body import Request as BoundedRequest
 from api.json_provider import JSONProvider
 from inferno_jobs.apikey import KeyRing
 from inferno_jobs.config import Settings
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None, *, redis_client: redis.Redis | 
     """The API app. Tests pass fakeredis and a recording Celery stand-in; production passes nothing."""
     settings = settings or Settings.from_env()
     app = Flask(__name__)
+    app.request_class = BoundedRequest  # a chunked body over the limit is a 413 too, not a truncated body
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json = JSONProvider(app)
     client = redis_client or redis.Redis.from_url(settings.redis_url)
@@ -51,6 +53,8 @@ def create_app(settings: Settings | None = None, *, redis_client: redis.Redis | 
     from api import versioning
     from api import compression, cors, seed_info, seed_infer, seed_services
     from inferno_jobs.tracing import instrument_flask
+
+    app.config["SOCK_SERVER_OPTIONS"] = websocket.server_options(settings)  # WS /ws: the message size limit
 
     # compression first: after_request hooks run in reverse, so it compresses the finished response.
     for module in (compression, cors, request_context, errors, access_log, ratelimit, versioning):

@@ -11,6 +11,13 @@ as one ``POST`` would (docs/operations.md#rate-limits): over a limit it gets an 
 ``RATE_LIMIT_EXCEEDED`` and ``details.retry_after``, and the socket stays open. Served by flask-sock
 (simple-websocket): under gunicorn each open socket holds one worker thread, so ``inferno-jobs api --threads``
 bounds the open sockets per process.
+
+Limits (docs/security.md#inputs): a message over ``INFERNO_WS_MAX_MESSAGE_BYTES`` (1 MiB; never more than
+``INFERNO_MAX_REQUEST_BYTES``) closes the socket with close code 1009 "message too big"; simple-websocket counts
+as the message arrives, so a larger one is never held whole. With auth required, a socket not authenticated
+``INFERNO_WS_AUTH_TIMEOUT_S`` (10 s) after it opens gets an ``AUTHENTICATION_FAILED`` error and is closed (1008),
+and so does a socket whose ``auth`` message fails, even one that was authenticated before: a failed re-auth never
+keeps working as the previous key.
 """
 
 from __future__ import annotations
@@ -18,11 +25,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import threading
+import time
 
 from flask import Blueprint, current_app, g, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
+from wsproto.frame_protocol import CloseReason
 
 from api.body import parse_json
 from api.compat_schemas import WebSocketInference, load_request
@@ -31,12 +41,27 @@ from api.request_context import services
 from api.seed_inference import generation_job
 from api.sync_jobs import job_error, stream_tokens
 from inferno_jobs.apikey import LOCAL_TENANT
+from inferno_jobs.config import Settings
 from inferno_jobs.errors import AuthenticationFailed, Conflict, InfernoError, InternalError, InvalidRequest, JobNotFound
 from inferno_jobs.job import Job, JobStatus, isoformat, now
 
 bp = Blueprint("websocket", __name__)
 sock = Sock()
 log = logging.getLogger(__name__)
+
+
+LINGER_S = 2.0  # how long a closing socket still reads (and drops) what its client sends
+
+
+def max_message_bytes(settings: Settings) -> int:
+    """The largest ``WS /ws`` message: ``INFERNO_WS_MAX_MESSAGE_BYTES``, at most ``INFERNO_MAX_REQUEST_BYTES``."""
+    return min(settings.ws_max_message_bytes, settings.max_request_bytes)
+
+
+def server_options(settings: Settings) -> dict:
+    """flask-sock's ``SOCK_SERVER_OPTIONS``: simple-websocket closes a socket with 1009 once a message it is
+    receiving grows past the limit (it counts a text message's characters; :meth:`Session.run` checks bytes)."""
+    return {"max_message_size": max_message_bytes(settings)}
 
 
 class Session:
@@ -58,6 +83,18 @@ class Session:
         self.send({"type": "error", "id": request_id, "code": exc.code, "message": exc.message,
                    "details": exc.details})
 
+    def close(self, code: int, reason: str) -> None:
+        """Send a close frame (under the send lock: a forwarding thread may be writing a frame)."""
+        with self.lock, contextlib.suppress(ConnectionClosed):
+            self.ws.close(reason=code, message=reason)
+
+    def refuse(self, exc: AuthenticationFailed, request_id: str | None = None) -> None:
+        """An authentication failure ends the socket: the error, then close code 1008 (policy violation)."""
+        self.tenant = None
+        with contextlib.suppress(ConnectionClosed):
+            self.error(exc, request_id)
+        self.close(CloseReason.POLICY_VIOLATION, "authentication failed")
+
     # -- the receive loop ----------------------------------------------------------------------------------------
 
     def authenticate_from_headers(self) -> None:
@@ -77,16 +114,34 @@ class Session:
         self.tenant = record.tenant
 
     def run(self) -> None:
+        settings = self.svc.settings
         self.authenticate_from_headers()
+        # The deadline runs from the handshake, whatever arrives meanwhile: pings do not keep a keyless socket open.
+        auth_deadline = time.monotonic() + settings.ws_auth_timeout_s
+        limit = max_message_bytes(settings)
         try:
             while True:
-                raw = self.ws.receive()
+                timeout = None
+                if self.tenant is None:
+                    timeout = auth_deadline - time.monotonic()
+                    if timeout <= 0:
+                        self.refuse(AuthenticationFailed(
+                            f"not authenticated within {settings.ws_auth_timeout_s} s of connecting "
+                            "(INFERNO_WS_AUTH_TIMEOUT_S): send {\"type\": \"auth\", \"token\": \"<key>\"} first"))
+                        return
+                raw = self.ws.receive(timeout=timeout)
                 if raw is None:
                     continue
+                # simple-websocket bounds a text message's characters; up to 4 UTF-8 bytes each can exceed the limit
+                if isinstance(raw, str) and len(raw) > limit // 4 and len(raw.encode()) > limit:
+                    self.close(CloseReason.MESSAGE_TOO_BIG, "Message is too big")
+                    return
                 try:
                     self.handle(raw)
                 except InfernoError as exc:
                     self.error(exc, _request_id(raw))
+                if not self.ws.connected:  # closed by handle (a failed auth) or by the client
+                    return
         finally:
             self.cancel_all()
 
@@ -99,7 +154,11 @@ class Session:
             self.send({"type": "pong", "id": message.get("id"), "timestamp": isoformat(now())})
         elif kind == "auth":
             if self.svc.settings.auth_enabled:
-                self.authenticate(message.get("token"))
+                try:
+                    self.authenticate(message.get("token"))
+                except AuthenticationFailed as exc:  # also after an earlier success: never go on as that key
+                    self.refuse(exc, message.get("id") if isinstance(message.get("id"), str) else None)
+                    return
             else:
                 self.tenant = LOCAL_TENANT
             self.send({"type": "auth", "authenticated": True})
@@ -179,7 +238,45 @@ def _request_id(raw) -> str | None:
     return None
 
 
+class LingeringSocket:
+    """gunicorn's connection socket, as simple-websocket uses it: ``close()`` half-closes, then reads and drops
+    what the client still sends (for at most :data:`LINGER_S`) before it closes.
+
+    A client in the middle of an oversize message then reads the 1009 close frame: closing at once with its data
+    unread makes the kernel send a TCP reset, and the client's kernel drops the close frame with it. (werkzeug's
+    socket is not wrapped: its server half-closes and closes the connection itself after the handler returns.)
+    """
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def close(self) -> None:
+        deadline = time.monotonic() + LINGER_S
+        with contextlib.suppress(OSError):  # socket.timeout included
+            self._sock.shutdown(socket.SHUT_WR)
+            while (remaining := deadline - time.monotonic()) > 0:
+                self._sock.settimeout(remaining)
+                if not self._sock.recv(65536):
+                    break
+        self._sock.close()
+
+
+@bp.before_request
+def _linger_on_close() -> None:
+    # Before flask-sock builds its simple_websocket.Server from this environ.
+    if "gunicorn.socket" in request.environ:
+        request.environ["gunicorn.socket"] = LingeringSocket(request.environ["gunicorn.socket"])
+
+
 @sock.route("/ws", bp=bp)
 def ws_endpoint(ws):
     """The WebSocket endpoint (``ws://host/ws``)."""
-    Session(ws, current_app._get_current_object()).run()
+    try:
+        Session(ws, current_app._get_current_object()).run()
+    finally:
+        # Returning lets gunicorn close the connection: first let the receiving thread finish its closing
+        # handshake and linger (bounded: a client that never answers a close frame is not waited for).
+        ws.thread.join(LINGER_S + 1)

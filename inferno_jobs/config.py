@@ -97,6 +97,8 @@ class Settings:
     events_retention_s: int = 3600  # a finished job's event stream (status changes, tokens) is kept this long
     cancel_check_ms: int = 100  # how often a streaming generation looks for a cancellation
     sse_keepalive_s: int = 5  # an SSE comment this often while nothing happens (also finds gone clients)
+    ws_max_message_bytes: int = 1024 * 1024  # a WS /ws message (at most max_request_bytes); larger closes with 1009
+    ws_auth_timeout_s: int = 10  # a WS /ws socket not authenticated this long after it opens is closed
     default_predict_model: str = ""  # the model of POST /predict* when the request names none
 
     # Batches of prompt files (docs/batches.md).
