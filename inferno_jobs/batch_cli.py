@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import click
 
+from inferno_jobs.batch import BATCH_TERMINAL
+
 TYPES = ["completion", "chat", "embedding", "predict"]
-_ENDED = ("completed", "failed", "canceled", "expired")  # the batch statuses that never change
+_ENDED = frozenset(status.value for status in BATCH_TERMINAL)  # the batch statuses that never change
 
 
 def _client():
@@ -56,11 +59,19 @@ class Progress:
 
 
 def _write_results(client, batch_id: str, output: Path, errors_only: bool = False) -> int:
+    """Write the batch's result lines to ``output``; returns how many. The lines go to a temporary file beside
+    it, renamed over ``output`` only once they all arrived: an error leaves no file (and an existing one as it
+    was)."""
     n = 0
-    with open(output, "w", encoding="utf-8") as f:
-        for line in client.batch_results(batch_id, errors_only=errors_only):
-            f.write(json.dumps(line, separators=(",", ":")) + "\n")
-            n += 1
+    partial = output.with_name(f".{output.name}.part")
+    try:
+        with open(partial, "w", encoding="utf-8") as f:
+            for line in client.batch_results(batch_id, errors_only=errors_only):
+                f.write(json.dumps(line, separators=(",", ":")) + "\n")
+                n += 1
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
     return n
 
 
@@ -86,7 +97,8 @@ def batch() -> None:
 @click.option("--params", default=None, help='Parameters for every line as JSON, e.g. \'{"max_tokens": 32}\'.')
 @click.option("--webhook-url", default=None)
 @click.option("--dry-run", is_flag=True, help="Validate every line and report; enqueue nothing.")
-@click.option("--wait", is_flag=True, help="Follow the batch with a progress bar until it ends.")
+@click.option("--wait", is_flag=True,
+              help="Follow the batch with a progress bar until it ends; exit status 1 unless it completed.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --wait: write the results (JSONL, input order) here.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
@@ -117,12 +129,19 @@ def batch_submit(file: Path, model: str, job_type: str | None, priority: str, pa
 
 @batch.command("status")
 @click.argument("batch_id")
-@click.option("--wait", is_flag=True, help="Follow it with a progress bar until it ends.")
+@click.option("--wait", is_flag=True,
+              help="Follow it with a progress bar until it ends; exit status 1 unless it completed.")
 def batch_status(batch_id: str, wait: bool) -> None:
     """Print a batch."""
     client = _client()
     found = client.get_batch(batch_id)
-    _print(follow(client, found) if wait and found["status"] not in _ENDED else found)
+    if not wait:
+        _print(found)
+        return
+    final = follow(client, found) if found["status"] not in _ENDED else found
+    _print(final)
+    if final["status"] != "completed":
+        sys.exit(1)
 
 
 @batch.command("results")

@@ -1,16 +1,28 @@
-"""The ``inferno-jobs`` command line."""
+"""The ``inferno-jobs`` command line.
+
+Exit status: 0 when the command did what it was asked; 1 when it failed (an API error, an API or Redis that cannot
+be reached, a file that cannot be written) or waited for a job that did not succeed or a batch that did not
+complete; 2 for a usage error (a bad option or argument, unreadable ``--input``), as click reports them. A failure
+is one line on stderr: ``error: ...``.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
+import re
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 import redis
 
 from inferno_jobs.config import Settings
+from inferno_jobs.demo import BUILDERS as DEMO_BUILDERS  # names only: a builder's tools load when it runs
+from inferno_jobs.job import JobStatus, JobType
 
 
 def _settings() -> Settings:
@@ -21,8 +33,38 @@ def _print(data) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
+class CommandError(click.ClickException):
+    """Raised when a command fails for a reason the user can act on: shown as ``error: message``, exit status 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
+
+
+def error_line(exc) -> str:
+    """What ``error: ...`` says about an :class:`InfernoError`: its code, message and details (compact JSON), and
+    for an API that cannot be reached, the setting to check."""
+    from inferno_jobs.client import ConnectionFailed
+
+    line = f"{exc.code}: {exc.message}"
+    if isinstance(exc, ConnectionFailed):
+        return line + " (check INFERNO_API_URL)"
+    if exc.details not in (None, {}, []):
+        line += " " + json.dumps(exc.details, separators=(", ", ": "), default=str)
+    return line
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
 class _Group(click.Group):
-    """Reports an API or validation error as one line (``error: CODE: message``) and exit status 1."""
+    """Reports every failure a user can act on as one ``error: ...`` line on stderr and exit status 1: an API
+    error (``error: CODE: message details``), an API or Redis that cannot be reached, a file that cannot be
+    written. Usage errors stay click's (exit status 2)."""
 
     def invoke(self, ctx):
         from inferno_jobs.errors import InfernoError
@@ -30,13 +72,29 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except InfernoError as exc:
-            click.echo(f"error: {exc.code}: {exc.message}", err=True)
-            ctx.exit(1)
+            raise CommandError(error_line(exc)) from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise CommandError(f"cannot reach Redis at {_redacted(_settings().redis_url)}: {exc} "
+                               "(check REDIS_URL)") from exc
+        except redis.RedisError as exc:
+            raise CommandError(f"Redis at {_redacted(_settings().redis_url)}: {exc} (check REDIS_URL)") from exc
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            raise CommandError(f"{exc.strerror or exc}:{where}".rstrip(":")) from exc
 
 
 @click.group(cls=_Group)
 def main() -> None:
-    """inferno-jobs: queue-driven asynchronous inference jobs."""
+    """inferno-jobs: queue-driven asynchronous inference jobs.
+
+    \b
+    Exit status:
+      0  done
+      1  failed (one "error: ..." line on stderr: an API error, the API
+         or Redis unreachable), or wait/--wait saw a job that did not
+         succeed or a batch that did not complete
+      2  usage error (bad option, argument or --input)
+    """
 
 
 # -- running it ------------------------------------------------------------------------------------------------
@@ -73,16 +131,35 @@ def api(host: str | None, port: int | None, workers: int, threads: int) -> None:
 @main.command()
 @click.option("--pool", type=click.Choice(["cpu", "gpu", "webhooks"]), default="cpu", show_default=True,
               help="cpu | gpu: inference; webhooks: webhook delivery (threads, INFERNO_WEBHOOK_CONCURRENCY).")
-@click.option("--gpus", default=None, help="GPU ids for a gpu pool, e.g. 0,1: one worker process per GPU.")
-@click.option("--concurrency", "-c", type=int, default=None,
+@click.option("--gpus", default=None, callback=lambda ctx, param, value: _gpu_ids(value),
+              help="GPU ids for a gpu pool, e.g. 0,1: one worker process per GPU.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None,
               help="Processes of a cpu pool (default: cores); threads of a webhooks pool.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(pool: str, gpus: str | None, concurrency: int | None, loglevel: str) -> None:
-    """Run a worker pool serving its queues in strict priority order."""
+def worker(pool: str, gpus: list[str] | None, concurrency: int | None, loglevel: str) -> None:
+    """Run a worker pool serving its queues in strict priority order. If any of its processes exits, the others
+    are stopped and the command exits non-zero: a pool never runs with a part missing."""
     from workers.pool import run_pool
 
-    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
-    sys.exit(run_pool(_settings(), pool, gpus=gpu_list, concurrency=concurrency, loglevel=loglevel))
+    if gpus and pool != "gpu":
+        raise click.BadParameter("only a gpu pool runs on GPUs (--pool gpu)", param_hint="--gpus")
+    sys.exit(run_pool(_settings(), pool, gpus=gpus, concurrency=concurrency, loglevel=loglevel))
+
+
+_GPU_ID = re.compile(r"\d+|(GPU|MIG)-[0-9A-Za-z/-]+")  # what CUDA_VISIBLE_DEVICES takes: an index or a UUID
+
+
+def _gpu_ids(value: str | None) -> list[str] | None:
+    """``--gpus 0,1``: distinct GPU indexes (or ``GPU-``/``MIG-`` UUIDs), at least one."""
+    if value is None:
+        return None
+    ids = [g.strip() for g in value.split(",")]
+    bad = [g for g in ids if not _GPU_ID.fullmatch(g)]
+    if bad or not ids:
+        raise click.BadParameter(f"not a GPU id: {bad[0]!r} (give indexes such as 0,1)", param_hint="--gpus")
+    if len(set(ids)) != len(ids):
+        raise click.BadParameter("a GPU is listed twice", param_hint="--gpus")
+    return ids
 
 
 @main.command()
@@ -118,20 +195,46 @@ def _client():
     return Client(settings.api_url, settings.api_key or None)
 
 
+def _job_input(value: str) -> dict:
+    """``--input``: JSON, or ``@path`` to a file of JSON."""
+    raw = value
+    if value.startswith("@"):
+        try:
+            raw = Path(value[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise click.BadParameter(f"cannot read {value[1:]}: {reason}", param_hint="--input") from None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        where = f" in {value[1:]}" if value.startswith("@") else ""
+        raise click.BadParameter(f"not JSON{where}: {exc}", param_hint="--input") from None
+
+
+def _print_ended(job: dict) -> None:
+    """Print a job that a wait saw end; exit status 1 unless it succeeded."""
+    _print(job)
+    if job["status"] != JobStatus.SUCCEEDED.value:
+        sys.exit(1)
+
+
 @main.command()
-@click.option("--type", "job_type", required=True, type=click.Choice(["completion", "chat", "embedding", "predict"]))
+@click.option("--type", "job_type", required=True, type=click.Choice([t.value for t in JobType]))
 @click.option("--model", required=True)
 @click.option("--input", "input_", required=True, help="The job's input as JSON, or @file.json.")
 @click.option("--priority", type=click.Choice(["high", "normal", "low"]), default="normal", show_default=True)
 @click.option("--webhook-url", default=None)
-@click.option("--wait", is_flag=True, help="Wait for the job to finish and print it.")
+@click.option("--wait", is_flag=True, help="Wait for the job to end and print it; exit status 1 unless it succeeded.")
 def submit(job_type, model, input_, priority, webhook_url, wait) -> None:
     """Submit a job and print it."""
-    raw = Path(input_[1:]).read_text() if input_.startswith("@") else input_
+    job_input = _job_input(input_)
     extra = {"webhook_url": webhook_url} if webhook_url else {}
     client = _client()
-    job = client.submit(job_type, model, json.loads(raw), priority=priority, **extra)
-    _print(client.wait(job["id"]) if wait else job)
+    job = client.submit(job_type, model, job_input, priority=priority, **extra)
+    if wait:
+        _print_ended(client.wait(job["id"]))
+    else:
+        _print(job)
 
 
 @main.command()
@@ -145,8 +248,8 @@ def get(job_id: str) -> None:
 @click.argument("job_id")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait.")
 def wait(job_id: str, timeout: float) -> None:
-    """Wait for a job to finish and print it."""
-    _print(_client().wait(job_id, timeout_s=timeout))
+    """Wait for a job to end and print it; exit status 1 unless it succeeded (or past --timeout)."""
+    _print_ended(_client().wait(job_id, timeout_s=timeout))
 
 
 @main.command()
@@ -237,17 +340,12 @@ def keys_revoke(key_id: str) -> None:
 
 @keys.command("rotate-secret")
 @click.option("--tenant", required=True)
-@click.option("--grace-s", type=int, default=None,
+@click.option("--grace-s", type=click.IntRange(min=0), default=None,
               help="Seconds the previous secret keeps signing (default INFERNO_WEBHOOK_SECRET_GRACE_S).")
 def keys_rotate_secret(tenant: str, grace_s: int | None) -> None:
     """Give a tenant a new webhook secret (shown once); both secrets sign deliveries during the grace period."""
-    from inferno_jobs.errors import InfernoError
-
     keyring = _keyring()
-    try:
-        secret = keyring.rotate_webhook_secret(tenant, grace_s)
-    except InfernoError as exc:
-        raise click.ClickException(exc.message) from exc
+    secret = keyring.rotate_webhook_secret(tenant, grace_s)
     grace = keyring.settings.webhook_secret_grace_s if grace_s is None else grace_s
     click.echo(f"webhook secret: {secret}\nThe previous secret also signs deliveries for {grace} s more.\n"
                "Store the new secret now: it is not shown again.")
@@ -311,7 +409,25 @@ def webhooks_listen(port: int, host: str, secret: str | None) -> None:
     secret = secret or _settings().webhook_secret
     if not secret:
         raise click.UsageError("give --secret whsec_... (or set INFERNO_WEBHOOK_SECRET)")
-    listen(port, secret, host, out=click.echo)
+    if not _is_webhook_secret(secret):
+        raise click.BadParameter("not a webhook secret: it is whsec_ and base64, as `keys create` shows it",
+                                 param_hint="--secret / INFERNO_WEBHOOK_SECRET")
+    try:
+        listen(port, secret, host, out=click.echo)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def _is_webhook_secret(secret: str) -> bool:
+    """A Standard Webhooks secret: ``whsec_`` and non-empty base64 (padding optional). Anything else would start a
+    receiver that answers 401 to every delivery."""
+    body = secret.removeprefix("whsec_")
+    if body == secret or not body:
+        return False
+    try:
+        return bool(base64.b64decode(body + "=" * (-len(body) % 4), validate=True))
+    except binascii.Error:
+        return False
 
 
 # -- models ------------------------------------------------------------------------------------------------------
@@ -331,7 +447,7 @@ def models_list() -> None:
 
 
 @models.command("build-demo")
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, type=click.Choice(list(DEMO_BUILDERS)))
 @click.option("--force", is_flag=True, help="Rebuild models that exist.")
 def models_build_demo(names: tuple[str, ...], force: bool) -> None:
     """Build the demo models (iris, diabetes, minilm, tiny-gpt) into MODEL_DIR, offline."""

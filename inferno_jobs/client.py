@@ -1,18 +1,65 @@
-"""A small Python client for the native API (``/jobs``)."""
+"""A small Python client for the native API (``/jobs``, ``/batches``).
+
+Every failure comes back as an :class:`~inferno_jobs.errors.InfernoError`: an error answer as the subclass its
+``code`` names (``retry_after_s`` filled from ``Retry-After`` on a 429 or 503), an API that cannot be reached as
+:class:`ConnectionFailed`, an API that does not answer within ``timeout_s`` as :class:`~inferno_jobs.errors.Timeout`.
+The client never retries by itself: after a :class:`~inferno_jobs.errors.RateLimitExceeded` or a 503, wait
+``retry_after_s`` and send again (a ``submit`` with the same ``idempotency_key``, so it is never queued twice).
+"""
 
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
-from inferno_jobs.errors import ERRORS_BY_CODE, InfernoError, Timeout
+from inferno_jobs.batch import BATCH_TERMINAL
+from inferno_jobs.errors import ERRORS_BY_CODE, InfernoError, InternalError, InvalidRequest, Timeout
 from inferno_jobs.job import TERMINAL, JobStatus
 
 
+_BATCH_ENDED = frozenset(status.value for status in BATCH_TERMINAL)
+
+
+class ConnectionFailed(InternalError):
+    """Raised by the client when the API cannot be reached at all (refused, unknown host, TLS, a dropped
+    connection): nothing was answered, so the message names the URL to check."""
+
+    code = "CONNECTION_FAILED"
+
+
+def segment(value: str) -> str:
+    """``value`` as one URL path segment: ``/``, ``?``, ``#`` and ``%`` escaped, and ``.`` / ``..`` too (a client
+    would resolve them as the parent directory), so a crafted id is just an id the API does not know."""
+    if not value:
+        raise InvalidRequest("an id is never empty")
+    if value.strip(".") == "":
+        return value.replace(".", "%2E")
+    return quote(value, safe="")
+
+
+def retry_after_s(value: str | None) -> int | None:
+    """A ``Retry-After`` header in whole seconds (it is either seconds or an HTTP date); None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return int(value)
+    try:
+        at = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    return max(0, int((at - datetime.now(timezone.utc)).total_seconds() + 0.999))
+
+
 class Client:
-    """Talks to an inferno-jobs API. Errors come back as the matching :class:`InfernoError` subclass."""
+    """Talks to an inferno-jobs API. Every failure is an :class:`InfernoError` (see the module docstring)."""
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout_s: float = 30):
         self.base_url = base_url.rstrip("/")
@@ -21,16 +68,29 @@ class Client:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
         self.timeout_s = timeout_s
 
+    def _send(self, method: str, path: str, **kwargs) -> requests.Response:
+        url = self.base_url + path
+        try:
+            return self.session.request(method, url, timeout=self.timeout_s, **kwargs)
+        except requests.ConnectTimeout as exc:  # before ReadTimeout's base class: nothing was sent
+            raise ConnectionFailed(f"cannot reach the API at {self.base_url}: no connection within "
+                                   f"{self.timeout_s} s", details={"url": url}) from exc
+        except requests.Timeout as exc:
+            raise Timeout(f"the API at {self.base_url} did not answer {method} {path} within {self.timeout_s} s",
+                          details={"url": url}) from exc
+        except requests.RequestException as exc:
+            raise ConnectionFailed(f"cannot reach the API at {self.base_url}: {_reason(exc)}",
+                                   details={"url": url}) from exc
+
     def _call(self, method: str, path: str, **kwargs) -> Any:
-        response = self.session.request(method, self.base_url + path, timeout=self.timeout_s, **kwargs)
+        response = self._send(method, path, **kwargs)
         if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-            except (ValueError, KeyError, TypeError):
-                raise InfernoError(f"HTTP {response.status_code}: {response.text[:200]}") from None
-            cls = ERRORS_BY_CODE.get(error.get("code"), InfernoError)
-            raise cls(error.get("message", ""), details=error.get("details"))
-        return response.json()
+            raise _error(response)
+        try:
+            return response.json()
+        except ValueError:
+            raise InternalError(f"the answer to {method} {path} from {self.base_url} is not JSON "
+                                f"(HTTP {response.status_code}): is that an inferno-jobs API?") from None
 
     def submit(self, type: str, model: str, input: dict, *, priority: str = "normal",
                idempotency_key: str | None = None, **fields) -> dict:
@@ -41,7 +101,7 @@ class Client:
 
     def get(self, job_id: str) -> dict:
         """The job object."""
-        return self._call("GET", f"/jobs/{job_id}")
+        return self._call("GET", f"/jobs/{segment(job_id)}")
 
     def list(self, **query) -> dict:
         """A page of jobs (``status``, ``type``, ``batch_id``, ``limit``, ``cursor``)."""
@@ -49,7 +109,7 @@ class Client:
 
     def cancel(self, job_id: str) -> dict:
         """Cancel a job; returns the job."""
-        return self._call("POST", f"/jobs/{job_id}/cancel")
+        return self._call("POST", f"/jobs/{segment(job_id)}/cancel")
 
     def wait(self, job_id: str, timeout_s: float = 300, poll_s: float = 0.2) -> dict:
         """Poll until the job is terminal; raises :class:`Timeout` past ``timeout_s``."""
@@ -87,7 +147,7 @@ class Client:
 
     def get_batch(self, batch_id: str) -> dict:
         """The batch object."""
-        return self._call("GET", f"/batches/{batch_id}")
+        return self._call("GET", f"/batches/{segment(batch_id)}")
 
     def list_batches(self, **query) -> dict:
         """A page of batches (``status``, ``limit``, ``cursor``)."""
@@ -95,35 +155,66 @@ class Client:
 
     def cancel_batch(self, batch_id: str) -> dict:
         """Cancel a batch; returns it."""
-        return self._call("POST", f"/batches/{batch_id}/cancel")
+        return self._call("POST", f"/batches/{segment(batch_id)}/cancel")
 
     def retry_batch(self, batch_id: str) -> dict:
         """A new batch of the failed lines of ``batch_id``."""
-        return self._call("POST", f"/batches/{batch_id}/retry")
+        return self._call("POST", f"/batches/{segment(batch_id)}/retry")
 
     def batch_results(self, batch_id: str, errors_only: bool = False):
-        """The batch's result lines (dicts), in input order, streamed."""
+        """The batch's result lines (dicts), in input order, streamed. An error answer raises before the first."""
         import json
 
-        path = f"/batches/{batch_id}/{'errors' if errors_only else 'results'}"
-        with self.session.get(self.base_url + path, timeout=self.timeout_s, stream=True) as response:
+        path = f"/batches/{segment(batch_id)}/{'errors' if errors_only else 'results'}"
+        with self._send("GET", path, stream=True) as response:
             if response.status_code >= 400:
-                self._call("GET", path)  # raises the matching error
-            for line in response.iter_lines():
-                if line:
-                    yield json.loads(line)
+                raise _error(response)
+            try:
+                for line in response.iter_lines():
+                    if line:
+                        yield json.loads(line)
+            except requests.RequestException as exc:
+                raise ConnectionFailed(f"the API at {self.base_url} broke off the results of {batch_id}: "
+                                       f"{_reason(exc)}", details={"url": self.base_url + path}) from exc
 
     def wait_batch(self, batch_id: str, timeout_s: float | None = None, poll_s: float = 0.5,
                    on_progress=None) -> dict:
-        """Poll until the batch ends, calling ``on_progress(batch)`` after each poll; returns the batch."""
+        """Poll until the batch ends (any of ``BATCH_TERMINAL``: completed, failed, canceled or expired), calling
+        ``on_progress(batch)`` after each poll; returns the batch. Raises :class:`Timeout` past ``timeout_s``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             batch = self.get_batch(batch_id)
             if on_progress:
                 on_progress(batch)
-            if batch["status"] in ("completed", "failed", "canceled"):
+            if batch["status"] in _BATCH_ENDED:
                 return batch
             if deadline is not None and time.monotonic() > deadline:
                 raise Timeout(f"batch {batch_id} still {batch['status']} after {timeout_s} s",
                               details={"batch_id": batch_id})
             time.sleep(poll_s)
+
+
+def _error(response: requests.Response) -> InfernoError:
+    """The :class:`InfernoError` an error answer stands for."""
+    wait_s = retry_after_s(response.headers.get("Retry-After"))
+    try:
+        error = response.json()["error"]
+        code, message, details = error.get("code"), error.get("message", ""), error.get("details")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return InfernoError(f"HTTP {response.status_code}: {response.text[:200]}", retry_after_s=wait_s)
+    return ERRORS_BY_CODE.get(code, InfernoError)(message, details=details, retry_after_s=wait_s)
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """Why a request got no answer, in a few words: the innermost error (requests wraps urllib3's, which wraps
+    the socket's), e.g. ``Connection refused``."""
+    inner: BaseException = exc
+    for _ in range(10):
+        nested = getattr(inner, "reason", None) or (inner.args[0] if inner.args else None)
+        nested = nested if isinstance(nested, BaseException) else inner.__cause__ or inner.__context__
+        if nested is None:
+            break
+        inner = nested
+    if isinstance(inner, OSError) and inner.strerror:
+        return inner.strerror
+    return str(inner) or type(inner).__name__

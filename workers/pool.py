@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 from inferno_jobs.config import Settings
 from inferno_jobs.job import Priority
@@ -74,16 +75,62 @@ def pool_specs(settings: Settings, pool: str, gpus: list[str] | None = None, con
 
 def run_pool(settings: Settings, pool: str, gpus: list[str] | None = None, concurrency: int | None = None,
              loglevel: str = "INFO") -> int:
-    """Run a pool in the foreground until it stops or gets SIGINT/SIGTERM; returns the exit code."""
-    children = [subprocess.Popen(argv, env=env) for argv, env in pool_specs(settings, pool, gpus, concurrency,
-                                                                            loglevel)]
+    """Run a pool in the foreground until it stops or gets SIGINT/SIGTERM; returns the exit code (see
+    :func:`supervise`)."""
+    return supervise(pool_specs(settings, pool, gpus, concurrency, loglevel))
+
+
+def supervise(specs: list[tuple[list[str], dict[str, str]]], poll_s: float = 0.2, stop_timeout_s: float = 30) -> int:
+    """Start one process per ``(argv, env)`` and wait for them; returns the exit code.
+
+    SIGINT and SIGTERM are passed on to every process, and the code is then the worst of theirs. A process that
+    exits by itself (a bad option, a crash) takes the others down with it: they get SIGTERM (SIGKILL after
+    ``stop_timeout_s``) and the code is its own (128 + N if signal N killed it), or 1 if it was 0. A pool with a
+    part missing (an express lane without its main pool, one GPU of two) must not look alive to whatever
+    supervises this process.
+    """
+    stopping = False
+    children: list[subprocess.Popen] = []
 
     def forward(signum, _frame):
+        nonlocal stopping
+        stopping = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
-    return max(codes, default=0)
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for argv, env in specs:
+            children.append(subprocess.Popen(argv, env=env))
+        while not stopping:
+            ended = [child for child in children if child.poll() is not None]
+            if ended:
+                _stop(children, stop_timeout_s)
+                return _exit_code(ended[0].returncode) or 1
+            time.sleep(poll_s)
+        return max((_exit_code(child.wait()) for child in children), default=0)
+    finally:
+        _stop(children, stop_timeout_s)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _exit_code(returncode: int) -> int:
+    """A process's return code as a shell reports it: 128 + N for one killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _stop(children: list[subprocess.Popen], timeout_s: float) -> None:
+    """SIGTERM to every process still running, then wait for them (SIGKILL to any still there after
+    ``timeout_s``: Celery's warm shutdown finishes its running tasks first)."""
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + timeout_s
+    for child in children:
+        try:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

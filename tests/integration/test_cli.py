@@ -75,3 +75,30 @@ def _up(url):
         return requests.get(url, timeout=5).status_code == 200
     except requests.RequestException:  # not listening yet, or too busy starting to answer in time
         return False
+
+
+def test_errors_ids_and_exit_status_through_a_real_api_server(cli_env, live_settings):
+    """No worker: a job stays queued, so it can be canceled and waited for."""
+    from tests.integration.live_server import GunicornServer
+
+    key = json.loads(cli(cli_env, "keys", "create", "--name", "cli", "--json").stdout)["key"]
+    server = GunicornServer(live_settings, extra_env={"INFERNO_AUTH": "required"})
+    try:
+        env = {**cli_env, "INFERNO_API_URL": server.url, "INFERNO_API_KEY": key}
+        job = json.loads(cli(env, "submit", "--type", "predict", "--model", "iris",
+                             "--input", '{"features": [[6.7, 3.0, 5.2, 2.3]]}').stdout)
+        crafted = cli(env, "get", "../batches", check=False)  # was: the batch list
+        assert crafted.returncode == 1 and crafted.stdout == "" and "NOT_FOUND" in crafted.stderr
+        dots = cli(env, "get", "..", check=False)
+        assert dots.returncode == 1 and "JOB_NOT_FOUND" in dots.stderr
+        invalid = cli(env, "submit", "--type", "predict", "--model", "iris",
+                      "--input", '{"features": [[6.7, 3.0, 5.2, 2.3]], "max_tokens": 3}', check=False)
+        assert invalid.returncode == 1 and '{"input": {"max_tokens": ["Unknown field."]}}' in invalid.stderr
+        cli(env, "cancel", job["id"])
+        waited = cli(env, "wait", job["id"], check=False)
+        assert waited.returncode == 1 and json.loads(waited.stdout)["status"] == "canceled"
+    finally:
+        server.close()
+    gone = cli({**cli_env, "INFERNO_API_URL": server.url}, "get", job["id"], check=False)
+    assert gone.returncode == 1 and gone.stderr.startswith("error: CONNECTION_FAILED: ")
+    assert "Traceback" not in gone.stderr and len(gone.stderr.splitlines()) == 1
