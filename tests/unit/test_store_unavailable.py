@@ -44,10 +44,10 @@ def test_a_submit_whose_answer_timed_out_names_the_job_it_may_have_stored(client
 
 @pytest.fixture
 def broken_model(model_dir):
-    path = model_dir / "broken"
+    path = model_dir / "broken-config"
     shutil.copytree(model_dir / "iris", path)
     (path / "config.json").write_text("{garbage")
-    yield "broken"
+    yield "broken-config"
     shutil.rmtree(path)
 
 
