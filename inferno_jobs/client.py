@@ -9,8 +9,9 @@ The client never retries by itself: after a :class:`~inferno_jobs.errors.RateLim
 
 from __future__ import annotations
 
+import math
 import time
-from datetime import datetime, timezone
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
@@ -42,20 +43,21 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def retry_after_s(value: str | None) -> int | None:
-    """A ``Retry-After`` header in whole seconds (it is either seconds or an HTTP date); None when absent or bad."""
+def retry_after_s(value: str | None) -> float | None:
+    """A ``Retry-After`` header (delay seconds or an HTTP date) as seconds from now; None when absent or bad. A
+    date without a zone (``-0000``) is UTC, as HTTP dates always are."""
     if not value:
         return None
     value = value.strip()
     if value.isdigit():
-        return int(value)
+        return float(value)
     try:
-        at = parsedate_to_datetime(value)
+        when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=timezone.utc)
-    return max(0, int((at - datetime.now(timezone.utc)).total_seconds() + 0.999))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - time.time())
 
 
 class Client:
@@ -196,7 +198,8 @@ class Client:
 
 def _error(response: requests.Response) -> InfernoError:
     """The :class:`InfernoError` an error answer stands for."""
-    wait_s = retry_after_s(response.headers.get("Retry-After"))
+    header_s = retry_after_s(response.headers.get("Retry-After"))
+    wait_s = None if header_s is None else math.ceil(header_s)  # whole seconds, as InfernoError carries them
     try:
         error = response.json()["error"]
         code, message, details = error.get("code"), error.get("message", ""), error.get("details")

@@ -25,7 +25,6 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Callable
 
 import redis
@@ -33,6 +32,7 @@ import requests
 
 from inferno_jobs.apikey import KeyRing
 from inferno_jobs.batchstore import batch_target
+from inferno_jobs.client import retry_after_s  # the one Retry-After parser (the API client reads it too)
 from inferno_jobs.config import Settings
 from inferno_jobs.errors import JobNotFound
 from inferno_jobs.job import isoformat, now
@@ -218,22 +218,6 @@ class Outcome:
     status: str
     retry_in_s: float | None = None
     entry: dict | None = None
-
-
-def retry_after_s(value: str | None, at: float | None = None) -> float | None:
-    """A ``Retry-After`` header (delay seconds or an HTTP date) as seconds from now, or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (at or time.time()))
 
 
 class Deliverer:

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from inferno_jobs.client import Client, ConnectionFailed, segment
+from inferno_jobs.client import Client, ConnectionFailed, retry_after_s, segment
 from inferno_jobs.errors import (InfernoError, InternalError, JobNotFound, ModelNotLoaded, NotFound,
                                  RateLimitExceeded, Timeout)
 from inferno_jobs.redis_server import free_port
@@ -126,6 +126,20 @@ def test_retry_after_fills_retry_after_s_on_a_429_and_a_503(stub):
     with pytest.raises(InfernoError) as raised:
         Client(plain.url).get("job_1")
     assert raised.value.retry_after_s is None and "HTTP 503" in raised.value.message
+
+
+def test_a_retry_after_date_without_a_zone_is_utc_whatever_the_local_zone(monkeypatch):
+    """``-0000`` parses to a date without a zone; it used to be read as local time by the webhook deliverer."""
+    from inferno_jobs import delivery
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        in_a_minute = formatdate(time.time() + 60)  # "... -0000"
+        assert delivery.retry_after_s is retry_after_s and 55 <= retry_after_s(in_a_minute) <= 60
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_a_real_rate_limit_answer_carries_its_retry_after(make_app):
