@@ -89,21 +89,29 @@ def supervise(specs: list[tuple[list[str], dict[str, str]]], poll_s: float = 0.2
     part missing (an express lane without its main pool, one GPU of two) must not look alive to whatever
     supervises this process.
     """
-    stopping = False
+    stop_signal: int | None = None
+    reached = 0  # how many of ``children`` were there to get it
     children: list[subprocess.Popen] = []
 
     def forward(signum, _frame):
-        nonlocal stopping
-        stopping = True
+        nonlocal stop_signal, reached
+        stop_signal = signum
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
+        reached = len(children)
 
     previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         for argv, env in specs:
+            if stop_signal is not None:
+                break
             children.append(subprocess.Popen(argv, env=env))
-        while not stopping:
+        if stop_signal is not None:
+            # A signal handled while a process was being started (inside Popen) did not reach it: pass it on.
+            for child in children[reached:]:
+                child.send_signal(stop_signal)
+        while stop_signal is None:
             ended = [child for child in children if child.poll() is not None]
             if ended:
                 _stop(children, stop_timeout_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -63,3 +64,20 @@ def test_sigterm_stops_every_child_and_the_pool_exits_0():
 def test_run_pool_supervises_the_pool_specs(tmp_path, monkeypatch):
     monkeypatch.setattr(pool, "pool_specs", lambda *a, **k: [child("import sys; sys.exit(3)"), child(SLEEPER)])
     assert pool.run_pool(Settings.from_env({}, model_dir=tmp_path), "cpu", concurrency=1) == 3
+
+
+def test_a_sigterm_while_the_pool_starts_leaves_nothing_running(monkeypatch):
+    """The signal is handled inside the first Popen, before the process is in the pool's list: it still gets it,
+    and the second is never started (it would never get it)."""
+    popen, started = subprocess.Popen, []
+
+    def start_then_get_sigterm(argv, **kwargs):
+        started.append(popen(argv, **kwargs))
+        os.kill(os.getpid(), signal.SIGTERM)
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", start_then_get_sigterm)
+    began = time.monotonic()
+    code = supervise([child(GRACEFUL), child(SLEEPER)], poll_s=0.05, stop_timeout_s=10)
+    assert code in (0, 128 + signal.SIGTERM)  # 128 + 15: SIGTERM came before the child set its handler
+    assert len(started) == 1 and started[0].poll() is not None and time.monotonic() - began < 10
