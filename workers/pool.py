@@ -113,8 +113,7 @@ def supervise(specs: list[tuple[list[str], dict[str, str]]], poll_s: float = 0.2
                 child.send_signal(stop_signal)
         while stop_signal is None:
             ended = [child for child in children if child.poll() is not None]
-            if ended:
-                _stop(children, stop_timeout_s)
+            if ended:  # the others are stopped below
                 return _exit_code(ended[0].returncode) or 1
             time.sleep(poll_s)
         return max((_exit_code(child.wait()) for child in children), default=0)
