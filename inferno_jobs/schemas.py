@@ -13,6 +13,7 @@ MAX_EMBEDDING_CHARS = 8000
 MAX_EMBEDDING_ITEMS = 2048
 MAX_MAX_TOKENS = 2_000_000
 MAX_PROMPTS = 16  # prompts in one completion input (OpenAI's limit for a list ``prompt``)
+MAX_CHOICES = 128  # choices in one generation input, ``n`` times its prompts (OpenAI's limit for ``n``)
 WEBHOOK_EVENTS = sorted(EVENT_FOR_STATUS.values())
 
 
