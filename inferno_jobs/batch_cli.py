@@ -65,7 +65,11 @@ def _write_results(client, batch_id: str, output: Path, errors_only: bool = Fals
     n = 0
     partial = output.with_name(f".{output.name}.part")
     try:
-        with open(partial, "w", encoding="utf-8") as f:
+        f = open(partial, "w", encoding="utf-8")
+    except OSError as exc:  # the error names the file asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(output)) from exc
+    try:
+        with f:
             for line in client.batch_results(batch_id, errors_only=errors_only):
                 f.write(json.dumps(line, separators=(",", ":")) + "\n")
                 n += 1

@@ -200,3 +200,9 @@ def test_batch_results_to_a_file_leaves_nothing_behind_on_an_error(api, tmp_path
     out.write_text("kept\n")
     run("batch", "results", "batch_nope", "--output", str(out), env=api)
     assert out.read_text() == "kept\n" and [p.name for p in tmp_path.iterdir()] == ["x.jsonl"]
+
+
+def test_batch_results_to_a_file_that_cannot_be_made_names_that_file(api, tmp_path):
+    out = tmp_path / "missing" / "x.jsonl"
+    code, _, err = run("batch", "results", "batch_nope", "--output", str(out), env=api)
+    assert code == 1 and one_error_line(err) == f"error: No such file or directory: {out}"
