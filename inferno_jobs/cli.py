@@ -153,9 +153,9 @@ def _gpu_ids(value: str | None) -> list[str] | None:
     """``--gpus 0,1``: distinct GPU indexes (or ``GPU-``/``MIG-`` UUIDs), at least one."""
     if value is None:
         return None
-    ids = [g.strip() for g in value.split(",")]
+    ids = [g.strip() for g in value.split(",")]  # never empty: "" splits into [""], which is refused
     bad = [g for g in ids if not _GPU_ID.fullmatch(g)]
-    if bad or not ids:
+    if bad:
         raise click.BadParameter(f"not a GPU id: {bad[0]!r} (give indexes such as 0,1)", param_hint="--gpus")
     if len(set(ids)) != len(ids):
         raise click.BadParameter("a GPU is listed twice", param_hint="--gpus")
