@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from inferno_jobs.batch import BATCH_TERMINAL
+from inferno_jobs.batch import BATCH_TERMINAL, BatchStatus
 
 TYPES = ["completion", "chat", "embedding", "predict"]
 _ENDED = frozenset(status.value for status in BATCH_TERMINAL)  # the batch statuses that never change
@@ -24,6 +24,13 @@ def _client():
 
 def _print(data) -> None:
     click.echo(json.dumps(data, indent=2))
+
+
+def _print_ended(batch: dict) -> None:
+    """Print a batch that a wait saw end; exit status 1 unless it completed."""
+    _print(batch)
+    if batch["status"] != BatchStatus.COMPLETED.value:
+        sys.exit(1)
 
 
 class Progress:
@@ -126,9 +133,7 @@ def batch_submit(file: Path, model: str, job_type: str | None, priority: str, pa
     if output:
         n = _write_results(client, final["id"], output)
         click.echo(f"wrote {n} result lines to {output}", err=True)
-    _print(final)
-    if final["status"] != "completed":
-        sys.exit(1)
+    _print_ended(final)
 
 
 @batch.command("status")
@@ -142,10 +147,7 @@ def batch_status(batch_id: str, wait: bool) -> None:
     if not wait:
         _print(found)
         return
-    final = follow(client, found) if found["status"] not in _ENDED else found
-    _print(final)
-    if final["status"] != "completed":
-        sys.exit(1)
+    _print_ended(follow(client, found) if found["status"] not in _ENDED else found)
 
 
 @batch.command("results")
