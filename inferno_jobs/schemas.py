@@ -44,6 +44,13 @@ class GenerationParams(StrictSchema):
     stop = fields.Raw(load_default=None)
     seed = fields.Integer(strict=True, load_default=None, allow_none=True)
     stream = fields.Boolean()  # publish tokens as they are generated (GET /jobs/<id>/events); runs unbatched
+    # Choices per prompt; above 1 the result has ``choices`` (choice j sampled with seed + j).
+    n = fields.Integer(strict=True, validate=validate.Range(1, MAX_CHOICES))
+
+    @validates_schema
+    def _n(self, data, **kwargs):
+        if data.get("n", 1) > 1 and data.get("stream"):
+            raise ValidationError("n > 1 cannot stream: stream one choice per job", "n")
 
     @validates_schema
     def _stop(self, data, **kwargs):
@@ -59,7 +66,7 @@ class GenerationParams(StrictSchema):
 
 class CompletionInput(GenerationParams):
     """``input`` of a completion job: ``prompt`` one string, or a list of up to 16 (one text each, in order; the
-    result then has ``choices``). A list cannot stream."""
+    result then has ``choices``, ``n`` of them per prompt). A list cannot stream."""
 
     prompt = fields.Raw(required=True)
 
@@ -72,6 +79,8 @@ class CompletionInput(GenerationParams):
                                   "prompt")
         if isinstance(prompt, list) and data.get("stream"):
             raise ValidationError("a list of prompts cannot stream: stream one prompt per job", "prompt")
+        if len(prompts) * data.get("n", 1) > MAX_CHOICES:
+            raise ValidationError(f"n times the number of prompts must be at most {MAX_CHOICES}", "n")
 
 
 class Message(StrictSchema):
