@@ -5,6 +5,7 @@ authenticate in time or whose ``auth`` fails (docs/security.md#inputs)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -132,8 +133,10 @@ def auth_server(kind, live_settings, live_redis):
     server.close()
 
 
-def connect(server, **kwargs):
-    return websocket.create_connection(server.url.replace("http", "ws") + "/ws", timeout=30, **kwargs)
+def connect(server, **kwargs) -> contextlib.closing:
+    """A ``WS /ws`` connection, closed when the ``with`` block ends."""
+    return contextlib.closing(
+        websocket.create_connection(server.url.replace("http", "ws") + "/ws", timeout=30, **kwargs))
 
 
 def close_code(ws) -> int | None:
@@ -149,29 +152,22 @@ def close_code(ws) -> int | None:
 
 def test_an_oversize_message_closes_the_socket_with_1009_even_before_auth(auth_server):
     server, key = auth_server
-    ws = connect(server)  # no key
-    try:
+    with connect(server) as ws:  # no key
         ws.send(json.dumps({"type": "ping", "pad": "a" * (12 * 1024 * 1024)}))
         assert close_code(ws) == 1009
-    finally:
-        ws.close()
     # 1 MiB is the default: a message just under it is answered (a key in the handshake this time).
-    ws = connect(server, header=[f"Authorization: Bearer {key}"])
-    try:
+    with connect(server, header=[f"Authorization: Bearer {key}"]) as ws:
         pad = 1024 * 1024 - len(json.dumps({"type": "ping", "pad": ""})) - 10
         ws.send(json.dumps({"type": "ping", "pad": "a" * pad}))
         assert json.loads(ws.recv())["type"] == "pong"
         # Under the limit in characters, over it in UTF-8 bytes.
         ws.send(json.dumps({"type": "ping", "pad": "\u00e9" * (600 * 1024)}, ensure_ascii=False))
         assert close_code(ws) == 1009
-    finally:
-        ws.close()
 
 
 def test_a_socket_that_does_not_authenticate_in_time_is_closed(auth_server):
     server, key = auth_server
-    ws = connect(server)
-    try:
+    with connect(server) as ws:
         started = time.monotonic()
         ws.send(json.dumps({"type": "ping"}))  # pings are answered, but do not extend the deadline
         assert json.loads(ws.recv())["type"] == "pong"
@@ -180,11 +176,8 @@ def test_a_socket_that_does_not_authenticate_in_time_is_closed(auth_server):
         assert "INFERNO_WS_AUTH_TIMEOUT_S" in refused["message"]
         assert close_code(ws) == 1008
         assert 1.5 < time.monotonic() - started < 10
-    finally:
-        ws.close()
     # An authenticated socket outlives the timeout.
-    ws = connect(server)
-    try:
+    with connect(server) as ws:
         ws.send(json.dumps({"type": "auth", "token": key}))
         ws.send(json.dumps({"type": "ping", "id": "p0"}))  # sent at once, as the seed's client does
         assert json.loads(ws.recv()) == {"type": "auth", "authenticated": True}
@@ -192,19 +185,14 @@ def test_a_socket_that_does_not_authenticate_in_time_is_closed(auth_server):
         time.sleep(3)
         ws.send(json.dumps({"type": "ping", "id": "p1"}))
         assert json.loads(ws.recv())["id"] == "p1"
-    finally:
-        ws.close()
 
 
 def test_a_failed_auth_closes_the_socket_even_after_a_good_one(auth_server):
     server, key = auth_server
-    ws = connect(server)
-    try:
+    with connect(server) as ws:
         ws.send(json.dumps({"type": "auth", "token": key}))
         assert json.loads(ws.recv())["authenticated"] is True
         ws.send(json.dumps({"type": "auth", "token": ["x"]}))
         refused = json.loads(ws.recv())
         assert refused["type"] == "error" and refused["code"] == "AUTHENTICATION_FAILED", refused
         assert close_code(ws) == 1008  # not answered as the first key any more
-    finally:
-        ws.close()
