@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 
 
 LINGER_S = 2.0  # how long a closing socket still reads (and drops) what its client sends
+# The longest one receive() waits. simple-websocket 1.1 wakes a waiting receive() before it marks the socket closed
+# when it closes it for a too-big message (1009): a receive() without a timeout can then wait forever, holding
+# its server thread and never cancelling the socket's jobs. After a slice the next receive() sees the close.
+RECEIVE_SLICE_S = 1.0
 
 
 def max_message_bytes(settings: Settings) -> int:
@@ -121,14 +125,15 @@ class Session:
         limit = max_message_bytes(settings)
         try:
             while True:
-                timeout = None
+                timeout = RECEIVE_SLICE_S
                 if self.tenant is None:
-                    timeout = auth_deadline - time.monotonic()
-                    if timeout <= 0:
+                    left = auth_deadline - time.monotonic()
+                    if left <= 0:
                         self.refuse(AuthenticationFailed(
                             f"not authenticated within {settings.ws_auth_timeout_s} s of connecting "
                             "(INFERNO_WS_AUTH_TIMEOUT_S): send {\"type\": \"auth\", \"token\": \"<key>\"} first"))
                         return
+                    timeout = min(left, RECEIVE_SLICE_S)
                 raw = self.ws.receive(timeout=timeout)
                 if raw is None:
                     continue
