@@ -12,7 +12,6 @@ from flask import Blueprint, jsonify
 
 from api.body import json_body
 from api.compat_schemas import EmbeddingRequest, InferenceRequest, load_request
-from api.jobs import check_context
 from api.openai_inference import encode_embedding
 from api.request_context import tenant
 from api.sync_jobs import (KEEPALIVE, find_model, job_error, result_of, sse, sse_response, stream_tokens, submit_now,
@@ -35,10 +34,10 @@ def generation_input(data: dict) -> dict:
 
 
 def generation_job(data: dict, owner: str, *, stream: bool) -> Job:
-    """Check the model and submit the job of a seed generation request."""
+    """Check the model and submit the job of a seed generation request (``submit`` checks ``max_tokens``
+    against the model's context)."""
     job_type = JobType.CHAT if data.get("messages") else JobType.COMPLETION
     model = find_model(data["model"], job_type)
-    check_context(model, data.get("max_tokens"))
     return submit_now({"type": job_type, "model": model.name, "input": generation_input(data)}, owner, stream=stream)
 
 
