@@ -8,7 +8,8 @@ Client -> server: ``auth`` ``{"token"}``; ``inference`` ``{"id", "model", "promp
 Each inference is a high-priority streaming job; a thread per request forwards its tokens. ``cancel`` and a
 closed socket cancel the socket's unfinished jobs. Each ``inference`` message counts against the key's rate limits
 as one ``POST`` would (docs/operations.md#rate-limits): over a limit it gets an ``error`` message with code
-``RATE_LIMIT_EXCEEDED`` and ``details.retry_after``, and the socket stays open. Served by flask-sock
+``RATE_LIMIT_EXCEEDED`` and ``details.retry_after``, and the socket stays open; so it does when Redis cannot be
+reached (``MODEL_NOT_LOADED``, as HTTP's 503). Served by flask-sock
 (simple-websocket): under gunicorn each open socket holds one worker thread, so ``inferno-jobs api --threads``
 bounds the open sockets per process.
 
@@ -42,7 +43,8 @@ from api.seed_inference import generation_job
 from api.sync_jobs import job_error, stream_tokens
 from inferno_jobs.apikey import LOCAL_TENANT
 from inferno_jobs.config import Settings
-from inferno_jobs.errors import AuthenticationFailed, Conflict, InfernoError, InternalError, InvalidRequest, JobNotFound
+from inferno_jobs.errors import (STORE_FAILURES, AuthenticationFailed, Conflict, InfernoError, InternalError,
+                                 InvalidRequest, JobNotFound, StoreUnavailable)
 from inferno_jobs.job import Job, JobStatus, isoformat, now
 
 bp = Blueprint("websocket", __name__)
@@ -145,6 +147,9 @@ class Session:
                     self.handle(raw)
                 except InfernoError as exc:
                     self.error(exc, _request_id(raw))
+                except STORE_FAILURES as exc:  # Redis down or frozen: an error to retry on, as HTTP's 503 is
+                    log.warning("Redis unavailable", extra={"error": repr(exc)})
+                    self.error(StoreUnavailable.of(exc), _request_id(raw))
                 if not self.ws.connected:  # closed by handle (a failed auth) or by the client
                     return
         finally:

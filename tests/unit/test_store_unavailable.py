@@ -1,12 +1,17 @@
-"""Redis down or frozen: a 503 to retry (with Retry-After), never a 500; a job whose store call timed out is named;
-a model with a broken config.json is left out of listings and named when asked for."""
+"""Redis down or frozen: a 503 to retry (with Retry-After), never a 500, and on WS /ws an error message; a job
+whose store call timed out is named; a model with a broken config.json is left out of listings and named when
+asked for."""
 
+import json
 import shutil
 
 import pytest
 import redis
+from simple_websocket import ConnectionClosed
 
 from api import cache as result_cache
+from api import websocket
+from inferno_jobs.apikey import KeyRing
 from inferno_jobs.store import JobStore
 
 IRIS = {"type": "predict", "model": "iris", "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}}
@@ -29,6 +34,36 @@ def test_an_unreachable_redis_is_a_503_in_openais_shape_on_v1(client, monkeypatc
     r = client.post("/v1/embeddings", json={"model": "minilm", "input": "hello"})
     assert r.status_code == 503 and r.headers["Retry-After"] == "5"
     assert r.get_json()["error"]["type"] == "server_error" and "Redis" in r.get_json()["error"]["message"]
+
+
+class ScriptedSocket:
+    """A WebSocket whose client sends ``messages``, then goes away."""
+
+    connected = True
+
+    def __init__(self, messages):
+        self.messages = [json.dumps(m) for m in messages]
+        self.sent = []
+
+    def receive(self, timeout=None):
+        if not self.messages:
+            raise ConnectionClosed()
+        return self.messages.pop(0)
+
+    def send(self, text):
+        self.sent.append(json.loads(text))
+
+
+def test_an_unreachable_redis_is_an_error_message_on_ws_and_the_socket_stays_open(make_app, monkeypatch):
+    app = make_app(auth="required")
+    monkeypatch.setattr(KeyRing, "authenticate", refuse)
+    ws = ScriptedSocket([{"type": "auth", "id": "a1", "token": "ij_key"}, {"type": "ping", "id": "p1"}])
+    with app.test_request_context("/ws"), pytest.raises(ConnectionClosed):  # the client leaving ends it
+        websocket.Session(ws, app).run()
+    refused, pong = ws.sent
+    assert refused["type"] == "error" and refused["id"] == "a1" and refused["code"] == "MODEL_NOT_LOADED"
+    assert "Redis" in refused["message"]
+    assert pong["type"] == "pong" and pong["id"] == "p1"
 
 
 def test_a_submit_whose_answer_timed_out_names_the_job_it_may_have_stored(client, monkeypatch):
