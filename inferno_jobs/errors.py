@@ -132,6 +132,8 @@ class StoreUnavailable(ModelNotLoaded):
 
     @classmethod
     def of(cls, exc: BaseException, details: Any = None, what: str = "") -> "StoreUnavailable":
+        """The error for ``exc`` (one of :data:`STORE_FAILURES`), named in the message with ``what`` (what the
+        client can do about it, after a ``"; "``) and ``Retry-After`` :attr:`RETRY_AFTER_S`."""
         return cls(f"the job store (Redis) is unavailable ({exc.__class__.__name__}){what}; retry in a few seconds",
                    details=details, retry_after_s=cls.RETRY_AFTER_S)
 
