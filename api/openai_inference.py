@@ -19,6 +19,7 @@ from api.body import json_body
 from api.compat_schemas import load_request
 from api.jobs import check_context
 from api.openai_errors import init_blueprint, openai_error_body
+from api.openai_results import chat_choice, choices_of, completion_choice
 from api.request_context import services, tenant
 from api.sync_jobs import (KEEPALIVE, find_model, job_error, result_of, sse, sse_response, stream_tokens, submit_now,
                            wait)
@@ -66,7 +67,8 @@ def _include_usage(data: dict) -> bool:
 @bp.post("/v1/chat/completions")
 @bp.post("/chat/completions")
 def chat_completions():
-    """A chat completion; ``stream: true`` answers ``chat.completion.chunk`` events ending in ``[DONE]``."""
+    """A chat completion (``n`` choices); ``stream: true`` answers ``chat.completion.chunk`` events ending in
+    ``[DONE]``."""
     owner = tenant()
     data = load_request(ChatRequest(), json_body())
     chat = job_input(JobType.CHAT, data)
@@ -78,9 +80,8 @@ def chat_completions():
     result = result_of(job)
     return _json(job, {
         "id": job.id, "object": "chat.completion", "created": int(job.created_at), "model": job.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result["message"]["content"]},
-                     "logprobs": None, "finish_reason": result["finish_reason"]}],
-        "usage": result["usage"], "system_fingerprint": None,
+        "choices": [chat_choice(c) for c in choices_of(result)], "usage": result["usage"],
+        "system_fingerprint": None,
     })
 
 
@@ -121,8 +122,8 @@ def _stream_end(job: Job, final_chunk, include_usage: bool):
 @bp.post("/v1/completions")
 @bp.post("/completions")
 def completions():
-    """A text completion per prompt (one job each); ``stream: true`` (one prompt) answers ``text_completion``
-    events ending in ``[DONE]``."""
+    """``n`` text completions per prompt (one job each prompt); ``stream: true`` (one prompt, ``n`` 1) answers
+    ``text_completion`` events ending in ``[DONE]``."""
     owner = tenant()
     data = load_request(CompletionRequest(), json_body())
     params = sampling(data)
@@ -144,10 +145,11 @@ def completions():
     results = [result_of(job) for job in jobs]
     usage = {key: sum(r["usage"][key] for r in results) for key in ("prompt_tokens", "completion_tokens",
                                                                     "total_tokens")}
+    # Prompt i's choice j is choice i * n + j, as OpenAI numbers them.
+    choices = [choice for result in results for choice in choices_of(result)]
     return _json(jobs[0], {
         "id": jobs[0].id, "object": "text_completion", "created": int(jobs[0].created_at), "model": model.name,
-        "choices": [{"text": r["text"], "index": i, "logprobs": None, "finish_reason": r["finish_reason"]}
-                    for i, r in enumerate(results)],
+        "choices": [completion_choice(c, index=i) for i, c in enumerate(choices)],
         "usage": usage, "system_fingerprint": None,
     }, job_ids=[job.id for job in jobs])
 

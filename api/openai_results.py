@@ -25,25 +25,40 @@ def openai_body(result: dict, *, model: str, response_id: str, created: int) -> 
     full_usage = {"prompt_tokens": usage.get("prompt_tokens", 0),
                   "completion_tokens": usage.get("completion_tokens", 0),
                   "total_tokens": usage.get("total_tokens", 0)}
-    finish = _FINISH.get(result.get("finish_reason"), result.get("finish_reason"))
-    if "message" in result:
-        message = result["message"]
+    choices = choices_of(result)
+    if "message" in choices[0]:
         return {"id": f"chatcmpl-{response_id}", "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": message.get("role", "assistant"),
-                                                     "content": message.get("content"), "refusal": None},
-                             "logprobs": None, "finish_reason": finish}],
-                "usage": full_usage}
-    if "choices" in result:  # a completion of several prompts (a batch line with a list ``prompt``)
+                "choices": [chat_choice(c) for c in choices], "usage": full_usage}
+    if "text" in choices[0]:
         return {"id": f"cmpl-{response_id}", "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": c["index"], "text": c["text"], "logprobs": None,
-                             "finish_reason": _FINISH.get(c["finish_reason"], c["finish_reason"])}
-                            for c in result["choices"]],
-                "usage": full_usage}
-    if "text" in result:
-        return {"id": f"cmpl-{response_id}", "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": result["text"], "logprobs": None, "finish_reason": finish}],
-                "usage": full_usage}
+                "choices": [completion_choice(c) for c in choices], "usage": full_usage}
     return result  # predict results have no OpenAI counterpart
+
+
+def choices_of(result: dict) -> list[dict]:
+    """A generation result's choices: its ``choices`` (``n`` above 1, a list prompt) or the result itself."""
+    return result.get("choices") or [{**result, "index": 0}]
+
+
+def finish_reason(choice: dict) -> str:
+    """A choice's ``finish_reason`` in OpenAI's words."""
+    reason = choice.get("finish_reason")
+    return _FINISH.get(reason, reason)
+
+
+def chat_choice(choice: dict) -> dict:
+    """One generated chat choice (``index``, ``message``, ``finish_reason``) as OpenAI's."""
+    message = choice["message"]
+    return {"index": choice["index"],
+            "message": {"role": message.get("role", "assistant"), "content": message.get("content"),
+                        "refusal": None},
+            "logprobs": None, "finish_reason": finish_reason(choice)}
+
+
+def completion_choice(choice: dict, index: int | None = None) -> dict:
+    """One generated completion choice as OpenAI's; ``index`` replaces the choice's own."""
+    return {"text": choice["text"], "index": choice["index"] if index is None else index, "logprobs": None,
+            "finish_reason": finish_reason(choice)}
 
 
 def error_status(error: dict) -> tuple[int, dict]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from inferno_jobs.job import JobType
-from inferno_jobs.schemas import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_ITEMS, MAX_MAX_TOKENS, MAX_PROMPTS
+from inferno_jobs.schemas import MAX_CHOICES, MAX_EMBEDDING_CHARS, MAX_EMBEDDING_ITEMS, MAX_MAX_TOKENS, MAX_PROMPTS
 
 # An OpenAI endpoint -> the job type its requests run as.
 ENDPOINTS = {
@@ -88,7 +88,7 @@ class OpenAIGeneration(NullIsDefault, Generation):
     """Parameters OpenAI's chat and completions share, the sampling extensions of vLLM-style servers (``top_k``,
     ``repetition_penalty``), and the accepted-and-ignored standard ones; some are accepted only at their default."""
 
-    n = fields.Integer(allow_none=True, validate=validate.Equal(1, error="n must be 1 (one choice per request)"))
+    n = fields.Integer(allow_none=True, strict=True, validate=between("n", 1, MAX_CHOICES))
     presence_penalty = fields.Float(allow_none=True, validate=between("presence_penalty", -2, 2))
     frequency_penalty = fields.Float(allow_none=True, validate=between("frequency_penalty", -2, 2))
     top_k = fields.Integer(allow_none=True, strict=True, validate=validate.Range(
@@ -103,6 +103,11 @@ class OpenAIGeneration(NullIsDefault, Generation):
     store = fields.Boolean(allow_none=True)
     service_tier = fields.String(allow_none=True, validate=validate.OneOf(
         SERVICE_TIERS, error=f"service_tier must be one of {', '.join(SERVICE_TIERS)}"))
+
+    @validates_schema
+    def _n(self, data, **kwargs):
+        if data.get("n", 1) > 1 and data.get("stream"):
+            raise ValidationError("n > 1 cannot stream; send n: 1 with stream: true, or stream: false", "n")
 
 
 class Message(CompatSchema):
@@ -153,7 +158,7 @@ class CompletionRequest(OpenAIGeneration):
     prompt = fields.Raw(required=True, error_messages=required_messages("prompt"))
     echo = fields.Boolean(allow_none=True, validate=validate.Equal(False, error="echo is not supported"))
     suffix = fields.String(allow_none=True, validate=validate.Length(max=0, error="suffix is not supported"))
-    best_of = fields.Integer(allow_none=True, validate=validate.Equal(1, error="best_of must be 1"))
+    best_of = fields.Integer(allow_none=True, strict=True)
     logprobs = fields.Integer(allow_none=True, validate=validate.Equal(0, error="logprobs is not supported"))
 
     @validates_schema
@@ -165,7 +170,16 @@ class CompletionRequest(OpenAIGeneration):
                                   "supported)", "prompt")
         if len(prompts) > MAX_PROMPTS:
             raise ValidationError(f"at most {MAX_PROMPTS} prompts per request", "prompt")
+        if len(prompts) * data.get("n", 1) > MAX_CHOICES:
+            raise ValidationError(f"n times the number of prompts must be at most {MAX_CHOICES}", "n")
         data["prompt"] = prompts
+
+    @validates_schema
+    def _best_of(self, data, **kwargs):
+        # best_of > n would rank candidates by log probability, which is not computed here; best_of == n is n.
+        if data.get("best_of") is not None and data["best_of"] != data.get("n", 1):
+            raise ValidationError("best_of must equal n (ranking candidates by log probability is not supported)",
+                                  "best_of")
 
     @validates_schema
     def _template(self, data, **kwargs):
@@ -229,6 +243,8 @@ def sampling(data: dict) -> dict:
                  "repetition_penalty"):
         if data.get(name) is not None:
             out[name] = data[name]
+    if data.get("n", 1) > 1:
+        out["n"] = data["n"]
     if data.get("top_k") is not None:
         out["top_k"] = max(0, data["top_k"])  # vLLM's -1 and the native 0 both mean "off"
     if data.get("chat_template_kwargs"):

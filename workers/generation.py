@@ -6,6 +6,9 @@ runner decodes with a KV cache: one call for the prompt (the empty past has leng
 ``use_cache: false`` in config.json (or a model exported without past) recomputes the whole sequence each step;
 it exists to check the cache and for exports that have none, and is quadratically slower.
 
+An input with ``n`` above 1, or a completion with a list of prompts, answers ``choices``: one generation per prompt
+and choice, in order.
+
 Jobs of a micro-batch are generated one after another, each its own result or error: sequences of different
 lengths finish at different steps, so batched decoding would need per-row masks and cache compaction, which a
 CPU demo model does not repay. Streaming and cancellation go through :meth:`GenerationRunner.generate`.
@@ -18,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from inferno_jobs.errors import ContextLengthExceeded, InfernoError, InferenceFailed, InvalidRequest
+from inferno_jobs.schemas import MAX_CHOICES
 from workers.runner import Runner
 from workers.sampling import Sampler, SamplingParams
 from workers.tokenizer import (IncrementalDecoder, chat_template_of, check_messages, load_tokenizer,
@@ -193,23 +197,53 @@ class GenerationRunner(Runner):
         results: list[dict | InfernoError] = []
         for item in inputs:
             try:
-                many = isinstance(item, dict) and isinstance(item.get("prompt"), list)
-                results.append(self._generate_each(item) if many else self.generate(item))
+                results.append(self._generate_choices(item) if _has_choices(item) else self.generate(item))
             except InfernoError as exc:
                 results.append(exc)
             except Exception as exc:  # never let one job's surprise sink the rest of the micro-batch
                 results.append(InferenceFailed(f"inference failed: {exc}"))
         return results
 
-    def _generate_each(self, item: dict) -> dict:
-        """A completion input whose ``prompt`` is a list: one text per prompt, in order, as ``choices`` (what one
-        OpenAI completions request with several prompts answers), with the usage summed."""
+    def _generate_choices(self, item: dict) -> dict:
+        """``n`` texts per prompt (a completion's ``prompt`` may be a list) as ``choices``, what one OpenAI request
+        with ``n`` or several prompts answers: prompt ``i``'s choice ``j`` has index ``i * n + j``. With a ``seed``,
+        choice ``j`` is sampled with ``seed + j``, so the choices differ from each other and the same request gives
+        the same choices. Each prompt's tokens count once in the usage, each choice's completion tokens once."""
+        n = _choices_per_prompt(item)
+        if n > 1 and item.get("stream"):
+            raise InvalidRequest("n > 1 cannot stream: stream one choice per job", details={"field": "n"})
+        many = isinstance(item.get("prompt"), list)
+        prompts = [{**item, "prompt": prompt} for prompt in item["prompt"]] if many else [item]
+        if n * len(prompts) > MAX_CHOICES:
+            raise InvalidRequest(f"n times the number of prompts must be at most {MAX_CHOICES}",
+                                 details={"field": "n"})
+        seed = item.get("seed")
         choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        for index, prompt in enumerate(item["prompt"]):
-            result = self.generate({**item, "prompt": prompt})
-            choices.append({"index": index, "text": result["text"], "finish_reason": result["finish_reason"]})
-            usage = {key: usage[key] + result["usage"][key] for key in usage}
+        for one in prompts:
+            for j in range(n):
+                result = self.generate(one if seed is None else {**one, "seed": seed + j})
+                choice = {"index": len(choices), "finish_reason": result["finish_reason"]}
+                choice.update({"message": result["message"]} if "message" in result else {"text": result["text"]})
+                choices.append(choice)
+                usage["completion_tokens"] += result["usage"]["completion_tokens"]
+            usage["prompt_tokens"] += result["usage"]["prompt_tokens"]
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return {"choices": choices, "usage": usage}
+
+
+def _has_choices(item) -> bool:
+    """Whether an input answers ``choices``: several prompts, or ``n`` above 1."""
+    if not isinstance(item, dict):
+        return False
+    n = item.get("n")
+    return isinstance(item.get("prompt"), list) or isinstance(n, bool) or n not in (None, 1)  # True == 1
+
+
+def _choices_per_prompt(item: dict) -> int:
+    n = 1 if item.get("n") is None else item["n"]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+        raise InvalidRequest(f"n must be an integer from 1 to {MAX_CHOICES}", details={"field": "n"})
+    return n
 
 
 def _layer_order(name: str) -> tuple[int, str]:

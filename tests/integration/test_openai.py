@@ -62,6 +62,23 @@ def test_chat_completions_embeddings_and_models(server, start_worker, tinygpt_di
         model="tiny-gpt", prompt="The fox", max_tokens=12, seed=3, temperature=0.5, stream=True))
     assert streamed == completion.choices[0].text
 
+    # n choices: choice j is what the same request with seed + j gives alone, so they differ and repeat
+    many = client.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=24, temperature=0.8,
+                                          seed=11, n=3)
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    assert many.choices[0].message.content == chat.choices[0].message.content
+    alone = client.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=24, temperature=0.8,
+                                           seed=12)
+    assert many.choices[1].message.content == alone.choices[0].message.content
+    assert len({c.message.content for c in many.choices}) > 1
+    assert many.usage.prompt_tokens == chat.usage.prompt_tokens
+    assert many.usage.completion_tokens == sum(
+        client.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=24, temperature=0.8,
+                                       seed=11 + j).usage.completion_tokens for j in range(3))
+    two = client.completions.create(model="tiny-gpt", prompt=["The fox", "The lion"], max_tokens=12, seed=3,
+                                    temperature=0.5, n=2)
+    assert [c.index for c in two.choices] == [0, 1, 2, 3] and two.choices[0].text == completion.choices[0].text
+
     # The client asks for base64 and decodes it: the vectors are the minilm ones.
     emb = client.embeddings.create(model="minilm", input=["A man is playing a guitar.", "Someone plays guitar.",
                                                           "The stock market fell today."])

@@ -40,9 +40,26 @@ def fake_run(model: str, inputs: list[dict]) -> list:
             texts = [item["input"]] if isinstance(item["input"], str) else item["input"]
             out.append({"embeddings": [[0.5, 0.5, 0.5, 0.5]] * len(texts), "dim": 4,
                         "usage": {"prompt_tokens": 3 * len(texts), "total_tokens": 3 * len(texts)}})
+        elif (item.get("n") or 1) > 1:
+            out.append(fake_choices(item))
         else:
             out.append(fake_generate(item))
     return out
+
+
+def fake_choices(item: dict) -> dict:
+    """``n`` choices, as the generation runner answers them; choice ``j`` of prompt ``p`` reads ``p/j``."""
+    one = fake_generate(item)
+    choices = []
+    for j in range(item["n"]):
+        choice = {"index": j, "finish_reason": one["finish_reason"]}
+        if "message" in one:
+            choice["message"] = {**one["message"], "content": f"chat/{j}"}
+        else:
+            choice["text"] = f"{item['prompt']}/{j}"
+        choices.append(choice)
+    usage = {"prompt_tokens": 2, "completion_tokens": len(TOKENS) * item["n"]}
+    return {"choices": choices, "usage": {**usage, "total_tokens": sum(usage.values())}}
 
 
 def fake_generate(item: dict, on_token=None, should_stop=None) -> dict:

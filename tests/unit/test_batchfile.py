@@ -113,14 +113,16 @@ def test_openai_batch_lines():
         {"custom_id": "c3", "method": "GET", "url": "/v1/completions", "body": {"prompt": "x"}},
         {"custom_id": "c4", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x", "n": 3}},
         {"custom_id": "c5", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}},
+        {"custom_id": "c6", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x", "best_of": 2}},
     )
     lines = reader().file(data, "openai.jsonl").lines
     assert lines[0].input["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     assert lines[0].input["max_tokens"] == 9 and lines[0].model == "tiny-gpt"
     assert lines[1].input["prompt"] == "Once" and lines[1].input["max_tokens"] == 4
     assert lines[2].error["message"] == "method must be POST"
-    assert lines[3].error["message"] == "n must be 1 (one choice per request)"  # the endpoint's own message
+    assert lines[3].ok and lines[3].input["n"] == 3  # three choices in one result
     assert "runs embedding requests" in lines[4].error["message"]
+    assert lines[5].error["message"].startswith("best_of must equal n")  # the endpoint's own message
 
 
 def test_openai_lines_of_another_endpoint_fail_in_a_v1_batch():

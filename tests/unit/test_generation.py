@@ -168,3 +168,50 @@ def test_a_list_of_prompts_is_one_choice_each(runner):
 def test_the_demo_template_refuses_a_keyword_it_does_not_use(runner):
     (error,) = runner.run_batch([{"messages": CHAT, "chat_template_kwargs": {"enable_thinking": False}}])
     assert isinstance(error, InvalidRequest) and "does not use enable_thinking" in error.message
+
+
+def test_n_choices_are_seeded_in_turn_and_reproducible(runner):
+    params = {"prompt": PROMPT, "max_tokens": 12, "temperature": 1.0, "seed": 5}
+    (three,) = runner.run_batch([{**params, "n": 3}])
+    texts = [c["text"] for c in three["choices"]]
+    assert [c["index"] for c in three["choices"]] == [0, 1, 2]
+    # choice j is what a single request with seed 5 + j gives, so the choices differ and repeat exactly
+    assert texts == [complete(runner, **{**params, "seed": 5 + j})["text"] for j in range(3)]
+    assert len(set(texts)) > 1
+    assert runner.run_batch([{**params, "n": 3}]) == [three]
+    one_prompt = len(runner.tokenizer.encode(PROMPT).ids)
+    usage = three["usage"]
+    assert usage["prompt_tokens"] == one_prompt  # the prompt counts once, as OpenAI counts it
+    assert usage["completion_tokens"] == sum(complete(runner, **{**params, "seed": 5 + j})["usage"]
+                                             ["completion_tokens"] for j in range(3))
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_n_with_several_prompts_indexes_prompt_major(runner):
+    (result,) = runner.run_batch([{"prompt": [PROMPT, "The fox"], "n": 2, "max_tokens": 4, "temperature": 0}])
+    texts = [c["text"] for c in result["choices"]]
+    assert [c["index"] for c in result["choices"]] == [0, 1, 2, 3]
+    greedy = [complete(runner, max_tokens=4, temperature=0)["text"],
+              runner.generate({"prompt": "The fox", "max_tokens": 4, "temperature": 0})["text"]]
+    assert texts == [greedy[0], greedy[0], greedy[1], greedy[1]]  # greedy choices of one prompt are the same
+
+
+def test_chat_n_choices_are_messages(runner):
+    (result,) = runner.run_batch([{"messages": CHAT, "n": 2, "max_tokens": 6, "seed": 1, "temperature": 1.0}])
+    assert [c["index"] for c in result["choices"]] == [0, 1]
+    for j, choice in enumerate(result["choices"]):
+        alone = runner.generate({"messages": CHAT, "max_tokens": 6, "seed": 1 + j, "temperature": 1.0})
+        assert choice["message"] == alone["message"] and choice["finish_reason"] == alone["finish_reason"]
+
+
+@pytest.mark.parametrize("item, words", [
+    ({"prompt": PROMPT, "n": 0}, "n must be an integer from 1"),
+    ({"prompt": PROMPT, "n": True}, "n must be an integer from 1"),
+    ({"prompt": PROMPT, "n": "2"}, "n must be an integer from 1"),
+    ({"prompt": [PROMPT] * 16, "n": 9}, "n times the number of prompts"),
+    ({"prompt": PROMPT, "n": 2, "stream": True}, "cannot stream"),
+])
+def test_a_bad_n_fails_its_own_job(runner, item, words):
+    (error, fine) = runner.run_batch([item, {"prompt": PROMPT, "max_tokens": 2}])
+    assert isinstance(error, InvalidRequest) and words in error.message and error.details["field"] == "n"
+    assert fine["text"]

@@ -26,7 +26,8 @@ def test_chat_completion_is_a_high_priority_job_with_openai_shape(v1, inline):
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
     assert body["object"] == "chat.completion" and body["model"] == "tiny-gpt"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "".join(TOKENS)}
+    # as OpenAI's, and as a batch output line's (api/openai_results.py)
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "".join(TOKENS), "refusal": None}
     assert body["choices"][0]["finish_reason"] == "stop" and body["usage"]["total_tokens"] == 6
     sent = inline.sent[-1]
     assert sent["queue"] == "inferno.cpu.high" and sent["args"] == [body["id"]] == [r.headers["X-Job-ID"]]
@@ -292,3 +293,32 @@ def test_a_new_batch_is_in_progress_since_it_was_accepted(v1, inline):
     assert batch["status"] == "in_progress"
     assert batch["in_progress_at"] is not None and batch["in_progress_at"] >= batch["created_at"]
     assert v1.get(f"/v1/batches/{batch['id']}").get_json()["in_progress_at"] == batch["in_progress_at"]
+
+
+def test_n_choices_for_chat_and_for_each_prompt_of_a_completion(v1, inline):
+    chat = v1.post("/v1/chat/completions", json={**CHAT, "n": 2, "seed": 4}).get_json()
+    assert [(c["index"], c["message"]["content"]) for c in chat["choices"]] == [(0, "chat/0"), (1, "chat/1")]
+    assert chat["usage"] == {"prompt_tokens": 2, "completion_tokens": 8, "total_tokens": 10}
+    job = inline.store.get(chat["id"])
+    assert job.input["n"] == 2 and job.input["seed"] == 4  # one job; the worker samples seed + j
+    r = v1.post("/v1/completions", json={"model": "tiny-gpt", "prompt": ["a", "b"], "n": 2, "best_of": 2})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    # prompt i's choice j is choice i * n + j
+    assert [(c["index"], c["text"]) for c in body["choices"]] == [(0, "a/0"), (1, "a/1"), (2, "b/0"), (3, "b/1")]
+    assert body["usage"]["completion_tokens"] == 16 and len(r.headers["X-Job-ID"].split(",")) == 2
+
+
+@pytest.mark.parametrize("path, extra, message, param", [
+    ("/v1/chat/completions", {"n": 2, "stream": True}, "n > 1 cannot stream", "n"),
+    ("/v1/chat/completions", {"n": 0}, "n must be between 1 and 128", "n"),
+    ("/v1/chat/completions", {"n": 129}, "n must be between 1 and 128", "n"),
+    ("/v1/completions", {"prompt": ["a"] * 16, "n": 9}, "n times the number of prompts must be at most 128", "n"),
+    ("/v1/completions", {"prompt": "a", "n": 2, "best_of": 3}, "best_of must equal n", "best_of"),
+])
+def test_a_bad_n_is_400_naming_its_parameter(v1, inline, path, extra, message, param):
+    body = {**CHAT, **extra} if "chat" in path else {"model": "tiny-gpt", **extra}
+    r = v1.post(path, json=body)
+    assert r.status_code == 400 and message in r.get_json()["error"]["message"]
+    assert r.get_json()["error"]["param"] == param
+    assert not inline.sent  # nothing was queued
