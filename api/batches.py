@@ -82,6 +82,12 @@ class RequestCounts(Schema):
     failed = fields.Integer()
 
 
+class BatchUsage(Schema):
+    input_tokens = fields.Integer(metadata={"description": "prompt tokens of the lines that succeeded"})
+    output_tokens = fields.Integer(metadata={"description": "tokens they generated"})
+    total_tokens = fields.Integer()
+
+
 class BatchResponse(Schema):
     """The batch object."""
 
@@ -92,6 +98,7 @@ class BatchResponse(Schema):
     type = fields.String()
     priority = fields.String()
     request_counts = fields.Nested(RequestCounts)
+    usage = fields.Nested(BatchUsage)
     created_at = fields.String()
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)

@@ -96,6 +96,8 @@ def openai_batch(batch: Batch) -> dict:
         "cancelling_at": _ts(ended if batch.status is BatchStatus.CANCELED else None),
         "cancelled_at": _ts(ended if batch.status is BatchStatus.CANCELED else None),
         "request_counts": batch.request_counts,
+        "usage": {**batch.usage, "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens_details": {"reasoning_tokens": 0}},
         "metadata": batch.metadata or None,
     }
 

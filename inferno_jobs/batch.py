@@ -90,6 +90,8 @@ class Batch:
     completed: int = 0
     failed: int = 0
     chunks: int = 0
+    input_tokens: int = 0  # the usage of the lines that succeeded (their results' prompt tokens)
+    output_tokens: int = 0  # and their generated tokens
     started_at: float | None = None
     finished_at: float | None = None
     webhook: dict | None = None
@@ -125,6 +127,7 @@ class Batch:
             return float(value) if value not in (None, "") else None
         return cls(id=batch_id, status=BatchStatus(data["status"]), completed=int(data.get("completed", 0)),
                    failed=int(data.get("failed", 0)), chunks=int(data.get("chunks", 0)),
+                   input_tokens=int(data.get("input_tokens", 0)), output_tokens=int(data.get("output_tokens", 0)),
                    started_at=num("started_at"), finished_at=num("finished_at"),
                    errors=json.loads(data.get("errors") or "[]"), **meta)
 
@@ -139,6 +142,12 @@ class Batch:
         """``{total, completed, failed}``: lines that succeeded and lines that failed so far."""
         return {"total": self.total, "completed": self.completed, "failed": self.failed}
 
+    @property
+    def usage(self) -> dict:
+        """``{input_tokens, output_tokens, total_tokens}`` of the lines that succeeded so far."""
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "total_tokens": self.input_tokens + self.output_tokens}
+
     def to_api(self) -> dict:
         """The contract's batch object."""
         return {
@@ -149,6 +158,7 @@ class Batch:
             "type": self.type.value,
             "priority": self.priority.value,
             "request_counts": self.request_counts,
+            "usage": self.usage,
             "created_at": isoformat(self.created_at),
             "started_at": isoformat(self.started_at),
             "finished_at": isoformat(self.finished_at),

@@ -45,20 +45,25 @@ return 0
 
 # Store one chunk's outcomes once; the last chunk ends the batch (completed if any line succeeded) and queues
 # its webhook event. KEYS: batch, results, done, outbox, live, items, chunks.
-# ARGV: chunk, now, retention_s, completed event, failed event, batch id, n, then n x (item, S|F + JSON).
+# ARGV: chunk, now, retention_s, completed event, failed event, batch id, n, then n x (item, S|F + JSON,
+# input tokens, output tokens): a line's tokens count in the batch's usage once, with its first stored result.
 _FINISH = """
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local ok, bad = 0, 0
+local ok, bad, input_tokens, output_tokens = 0, 0, 0, 0
 local n = tonumber(ARGV[7])
 for i = 0, n - 1 do
-  local base = 8 + i * 2
+  local base = 8 + i * 4
   if redis.call('HSETNX', KEYS[2], ARGV[base], ARGV[base + 1]) == 1 then
     if string.sub(ARGV[base + 1], 1, 1) == 'S' then ok = ok + 1 else bad = bad + 1 end
+    input_tokens = input_tokens + tonumber(ARGV[base + 2])
+    output_tokens = output_tokens + tonumber(ARGV[base + 3])
   end
 end
 if ok > 0 then redis.call('HINCRBY', KEYS[1], 'completed', ok) end
 if bad > 0 then redis.call('HINCRBY', KEYS[1], 'failed', bad) end
+if input_tokens > 0 then redis.call('HINCRBY', KEYS[1], 'input_tokens', input_tokens) end
+if output_tokens > 0 then redis.call('HINCRBY', KEYS[1], 'output_tokens', output_tokens) end
 redis.call('SADD', KEYS[3], ARGV[1])
 if redis.call('SCARD', KEYS[3]) < tonumber(redis.call('HGET', KEYS[1], 'chunks')) then return 1 end
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -77,6 +82,14 @@ _CANCELED = {"code": "CANCELED", "message": "the batch was canceled before this 
 _EXPIRED = {"code": "BATCH_EXPIRED", "message": "the batch's completion window ended before this line ran"}
 # What a line that never ran reports, by the batch's end.
 _NEVER_RAN = {BatchStatus.CANCELED: ("canceled", _CANCELED), BatchStatus.EXPIRED: ("expired", _EXPIRED)}
+
+
+def _tokens(result) -> tuple[int, int]:
+    """A line result's ``(input, output)`` tokens, from its ``usage`` (a predict result has none: 0, 0)."""
+    usage = result.get("usage") if isinstance(result, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
 def _text(value) -> str:
@@ -358,7 +371,10 @@ class BatchStore:
         args: list = [index, now(), self.settings.batch_retention_s, self._event(batch, BatchStatus.COMPLETED),
                       self._event(batch, BatchStatus.FAILED), batch_id, len(outcomes)]
         for item, result, error in outcomes:
-            args += [item, b"S" + dumps(result) if error is None else b"F" + dumps(error)]
+            if error is None:
+                args += [item, b"S" + dumps(result), *_tokens(result)]
+            else:
+                args += [item, b"F" + dumps(error), 0, 0]
         keys = [k.batch(batch_id), k.batch_results(batch_id), k.batch_done(batch_id), k.outbox(),
                 k.live_batches(), k.batch_items(batch_id), k.batch_chunks(batch_id)]
         return int(self._finish(keys=keys, args=args))

@@ -140,6 +140,10 @@ def test_the_openai_client_and_the_cli_against_a_real_server(live_settings, live
         assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (41, 40, 1)
         output = [json.loads(l) for l in client.files.content(batch.output_file_id).text.splitlines()]
         assert [o["custom_id"] for o in output] == [f"emb-{i}" for i in range(40)]
+        # the batch's usage is the sum of its lines' usage (the line that failed counts nothing)
+        line_tokens = sum(o["response"]["body"]["usage"]["prompt_tokens"] for o in output)
+        assert line_tokens > 40 and batch.usage.input_tokens == line_tokens == batch.usage.total_tokens
+        assert batch.usage.output_tokens == 0 and batch.usage.input_tokens_details.cached_tokens == 0
         body = output[0]["response"]["body"]
         assert output[0]["response"]["status_code"] == 200 and body["object"] == "list" and body["model"] == "minilm"
         vector = np.asarray(body["data"][0]["embedding"])

@@ -396,3 +396,19 @@ def test_v1_files_lists_a_tenants_uploads_newest_first_with_paging(client):
     assert [f["id"] for f in rest["data"]] == [ids[0]] and not rest["has_more"]
     bad = client.get("/v1/files?limit=0")
     assert bad.status_code == 400 and bad.get_json()["error"]["param"] in (None, "limit")
+
+
+def test_usage_sums_the_tokens_of_the_lines_that_succeeded_once(client, celery_stub, batches):
+    def counting_engine(model, inputs):
+        return [InvalidRequest("zero row") if item["features"][0][0] == 0
+                else {"predictions": [1], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+                for item in inputs]
+
+    data = b'{"features": [1, 1, 1, 1]}\n{"features": [0, 1, 1, 1]}\n{"features": [2, 1, 1, 1]}\n'
+    batch = upload(client, data, model="iris").get_json()
+    assert batch["usage"] == {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    run_all(batches, celery_stub, counting_engine)
+    run_all(batches, celery_stub, counting_engine)  # a redelivered chunk counts nothing twice
+    done = client.get(f"/batches/{batch['id']}").get_json()
+    assert done["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
+    assert done["usage"] == {"input_tokens": 6, "output_tokens": 4, "total_tokens": 10}
