@@ -34,7 +34,8 @@ class StrictSchema(Schema):
 class GenerationParams(StrictSchema):
     """Sampling parameters shared by completion and chat."""
 
-    max_tokens = fields.Integer(strict=True, validate=validate.Range(1, MAX_MAX_TOKENS), load_default=64)
+    # Left out: the model's ``default_max_tokens`` (config.json), which the worker applies.
+    max_tokens = fields.Integer(strict=True, validate=validate.Range(1, MAX_MAX_TOKENS))
     temperature = fields.Float(validate=validate.Range(0, 2), load_default=1.0)
     top_p = fields.Float(validate=validate.Range(0, 1), load_default=1.0)
     top_k = fields.Integer(strict=True, validate=validate.Range(0, 100_000), load_default=0)

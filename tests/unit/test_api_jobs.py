@@ -265,3 +265,19 @@ def test_a_generation_job_asking_more_tokens_than_the_models_context_is_refused_
 def test_whole_number_fields_refuse_fractions_instead_of_cutting_them(client, field, body):
     r = client.post("/jobs", json=body)
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "INVALID_REQUEST", r.get_json()
+
+
+def test_a_generation_job_without_max_tokens_gets_the_models_default_in_the_worker(make_app, tmp_path):
+    """Not a fixed 64 at submit: a model whose context is shorter than that still takes such jobs, and its
+    config.json ``default_max_tokens`` applies (workers/generation.py)."""
+    (tmp_path / "short-gpt").mkdir()
+    (tmp_path / "short-gpt" / "config.json").write_text(json.dumps(
+        {"type": "completion", "device": "cpu", "context_length": 32, "default_max_tokens": 8}))
+    client = make_app(model_dir=tmp_path).test_client()
+    r = client.post("/jobs", json={"type": "completion", "model": "short-gpt", "input": {"prompt": "hi"}})
+    assert r.status_code == 202, r.get_json()
+    stored = client.application.extensions["inferno"].store.get(r.get_json()["id"])
+    assert "max_tokens" not in stored.input
+    too_many = client.post("/jobs", json={"type": "completion", "model": "short-gpt",
+                                          "input": {"prompt": "hi", "max_tokens": 64}})
+    assert too_many.get_json()["error"]["code"] == "CONTEXT_LENGTH_EXCEEDED"

@@ -215,3 +215,10 @@ def test_a_bad_n_fails_its_own_job(runner, item, words):
     (error, fine) = runner.run_batch([item, {"prompt": PROMPT, "max_tokens": 2}])
     assert isinstance(error, InvalidRequest) and words in error.message and error.details["field"] == "n"
     assert fine["text"]
+
+
+def test_a_job_without_max_tokens_gets_the_models_default(tinygpt_dir):
+    short = make_runner(tinygpt_dir, default_max_tokens=3)
+    result = short.generate({"prompt": PROMPT, "temperature": 0})
+    assert result["usage"]["completion_tokens"] <= 3 and result["finish_reason"] in ("length", "stop")
+    assert result["text"] == complete(short, max_tokens=3, temperature=0)["text"]

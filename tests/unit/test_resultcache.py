@@ -54,11 +54,13 @@ def run_worker(svc, outcome=PREDICTION, sent=None):
 # -- keys and what is cacheable ----------------------------------------------------------------------------------
 
 def test_the_key_is_stable_and_defaults_do_not_change_it():
-    explicit = {"prompt": "hi", "max_tokens": 64, "temperature": 0, "top_p": 1.0, "top_k": 0,
-                "repetition_penalty": 1.0, "stop": None, "seed": None}
+    explicit = {"prompt": "hi", "temperature": 0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0,
+                "stop": None, "seed": None}
     a = canonical_input(JobType.COMPLETION, {"prompt": "hi", "temperature": 0})
     b = canonical_input(JobType.COMPLETION, explicit)
     assert a == b
+    # No max_tokens is the model's default_max_tokens, which its config decides: not the same as any number.
+    assert canonical_input(JobType.COMPLETION, {**explicit, "max_tokens": 64}) != a
     key = cache_key("t1", "tiny-gpt", "v1", JobType.COMPLETION, a)
     assert key == cache_key("t1", "tiny-gpt", "v1", JobType.COMPLETION, b)
     assert len(key) == 64
