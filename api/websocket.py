@@ -110,8 +110,13 @@ class Session:
         header = request.headers.get("Authorization", "")
         key = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("X-API-Key")
         if key:
-            with contextlib.suppress(InfernoError):
+            try:
                 self.authenticate(key)
+            except InfernoError:
+                pass  # a bad header key: the client may still send an auth message
+            except STORE_FAILURES as exc:  # as for an auth message: an error to retry on, the socket stays
+                log.warning("Redis unavailable", extra={"error": repr(exc)})
+                self.error(StoreUnavailable.of(exc))
 
     def authenticate(self, key) -> None:
         """Authenticate with an API key; the request's ``g`` then holds it, as for HTTP (rate limits read it)."""
@@ -236,9 +241,16 @@ class Session:
             self.svc.store.cancel(job_id)
 
     def cancel_all(self) -> None:
+        """Cancel the closed socket's unfinished jobs: nobody reads them now. With Redis unreachable they run to
+        their end instead (a job is never lost) and the socket still closes as it would have."""
         for job_id in list(self.jobs.values()):
-            with contextlib.suppress(Conflict, JobNotFound):
-                self.svc.store.cancel(job_id)
+            try:
+                with contextlib.suppress(Conflict, JobNotFound):
+                    self.svc.store.cancel(job_id)
+            except STORE_FAILURES as exc:
+                log.warning("a closed socket's jobs were left to run: Redis unavailable",
+                            extra={"error": repr(exc), "job_ids": list(self.jobs.values())})
+                return
 
 
 def _request_id(raw) -> str | None:

@@ -66,6 +66,30 @@ def test_an_unreachable_redis_is_an_error_message_on_ws_and_the_socket_stays_ope
     assert pong["type"] == "pong" and pong["id"] == "p1"
 
 
+def test_a_key_in_the_headers_with_redis_unreachable_is_an_error_message_not_a_broken_socket(make_app,
+                                                                                              monkeypatch):
+    app = make_app(auth="required")
+    monkeypatch.setattr(KeyRing, "authenticate", refuse)
+    ws = ScriptedSocket([{"type": "ping", "id": "p1"}])
+    with app.test_request_context("/ws", headers={"Authorization": "Bearer ij_key"}), \
+            pytest.raises(ConnectionClosed):
+        websocket.Session(ws, app).run()
+    refused, pong = ws.sent
+    assert refused["type"] == "error" and refused["code"] == "MODEL_NOT_LOADED" and "Redis" in refused["message"]
+    assert pong["type"] == "pong" and pong["id"] == "p1"
+
+
+def test_a_socket_closing_with_redis_unreachable_leaves_its_jobs_to_run_and_still_closes(make_app, monkeypatch):
+    app = make_app()
+    job_id = app.test_client().post("/jobs", json=IRIS).get_json()["id"]
+    monkeypatch.setattr(JobStore, "cancel", refuse)
+    with app.test_request_context("/ws"), pytest.raises(ConnectionClosed):  # the close, not Redis's error
+        session = websocket.Session(ScriptedSocket([]), app)
+        session.jobs = {"r1": job_id}  # as if the socket had submitted it
+        session.run()
+    assert app.extensions["inferno"].store.get(job_id).status.value == "queued"  # not lost: a worker runs it
+
+
 def test_a_submit_whose_answer_timed_out_names_the_job_it_may_have_stored(client, monkeypatch):
     def timed_out(*args, **kwargs):
         raise redis.exceptions.TimeoutError("Timeout reading from socket")
