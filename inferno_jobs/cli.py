@@ -174,14 +174,18 @@ def flower(port: int, address: str) -> None:
 def flower_command(settings: Settings, port: int = 5555, address: str = "127.0.0.1") -> tuple[list[str], dict]:
     """Flower's command line and environment: task events on, every task's args (job id) and kwargs (model,
     tenant, priority) and result (the jobs it ran) in its tasks table, queue lengths on its broker page, basic
-    auth from ``INFERNO_FLOWER_BASIC_AUTH`` (its REST API is open only when no auth is set: bind to localhost)."""
-    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "--broker", settings.redis_url, "flower",
+    auth from ``INFERNO_FLOWER_BASIC_AUTH`` (its REST API is open only when no auth is set: bind to localhost).
+
+    Secrets go in the environment, never on the command line, which any local user can read (``ps``): the
+    broker is the Celery app's own (``REDIS_URL``) and the password Flower's ``FLOWER_BASIC_AUTH``."""
+    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower",
             f"--port={port}", f"--address={address}", "--enable_events=True",
             "--tasks_columns=name,uuid,state,args,kwargs,result,received,started,runtime,worker"]
-    if settings.flower_basic_auth:
-        argv.append(f"--basic_auth={settings.flower_basic_auth}")
     env = dict(os.environ, **settings.env())
-    if not settings.flower_basic_auth:
+    if settings.flower_basic_auth:
+        env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
+    else:
+        env.pop("FLOWER_BASIC_AUTH", None)  # INFERNO_FLOWER_BASIC_AUTH decides, not a stray variable
         env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     return argv, env
 

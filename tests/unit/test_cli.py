@@ -206,3 +206,21 @@ def test_batch_results_to_a_file_that_cannot_be_made_names_that_file(api, tmp_pa
     out = tmp_path / "missing" / "x.jsonl"
     code, _, err = run("batch", "results", "batch_nope", "--output", str(out), env=api)
     assert code == 1 and one_error_line(err) == f"error: No such file or directory: {out}"
+
+
+def test_flowers_command_line_holds_no_secret(monkeypatch):
+    """Any local user can read a process's command line (``ps``): Flower's password and the broker URL's
+    password reach it through the environment."""
+    import dataclasses
+
+    from inferno_jobs.cli import flower_command
+    from inferno_jobs.config import Settings
+
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "stray:value")
+    settings = Settings.from_env({}, redis_url="redis://:broker-pass@127.0.0.1:6390/0")
+    argv, env = flower_command(dataclasses.replace(settings, flower_basic_auth="ops:flower-pass"), 5999)
+    assert not [a for a in argv if "flower-pass" in a or "broker-pass" in a]
+    assert env["FLOWER_BASIC_AUTH"] == "ops:flower-pass" and env["REDIS_URL"].endswith("broker-pass@127.0.0.1:6390/0")
+    open_argv, open_env = flower_command(settings, 5999)
+    assert "FLOWER_BASIC_AUTH" not in open_env and open_env["FLOWER_UNAUTHENTICATED_API"] == "true"
+    assert open_argv == argv
