@@ -17,7 +17,7 @@ from inferno_jobs import logs
 
 log = logging.getLogger("inferno.access")
 
-QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})  # probes and scrapes log at DEBUG
+QUIET_PATHS = frozenset({"/health", "/ready", "/livez", "/metrics"})  # probes and scrapes log at DEBUG
 
 
 def init_app(app: Flask) -> None:

@@ -1,4 +1,5 @@
-"""``/health`` and ``/ready``: Redis, workers online (from their heartbeats, never a slow broadcast), queues."""
+"""``/health`` and ``/ready``: Redis, workers online (from their heartbeats, never a slow broadcast), queues;
+``/livez``: only that the process serves."""
 
 from __future__ import annotations
 
@@ -57,6 +58,15 @@ def snapshot() -> dict:
 def health():
     """Always 200 while the API runs; ``status`` says ``healthy`` or ``degraded``."""
     return jsonify(HealthResponse().dump(snapshot()))
+
+
+@bp.get("/livez")
+def livez():
+    """200 while this process serves requests. It reads nothing, Redis included, so a liveness probe never
+    restarts API processes over an outage that a restart cannot mend (``/health`` waits on a frozen Redis for
+    up to its socket timeout)."""
+    svc = services()
+    return jsonify({"status": "alive", "version": __version__, "uptime_seconds": round(now() - svc.started_at, 3)})
 
 
 @bp.get("/ready")

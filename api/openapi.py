@@ -115,6 +115,7 @@ ROUTES = {
                                  "CustomMetricRequest", 200, "CustomMetricSample", (400, 401, 409))},
     "/health": {"get": ("Health", None, 200, "HealthResponse", ())},
     "/ready": {"get": ("Readiness", None, 200, "HealthResponse", (503,))},
+    "/livez": {"get": ("Liveness: 200 while the process serves; reads nothing, not even Redis", None, 200, None, ())},
     "/openapi.json": {"get": ("This OpenAPI document", None, 200, None, ())},
     "/ws": {"get": ("WebSocket upgrade: the seeds' streaming protocol; the key comes in the handshake or an auth "
                     "message (docs/seeds.md)", None, 101, None, (400,))},
@@ -122,7 +123,7 @@ ROUTES = {
 
 
 # Routes that take no API key or token.
-UNAUTHENTICATED = ("/", "/health", "/ready", "/metrics", "/auth/login", "/openapi.json")
+UNAUTHENTICATED = ("/", "/health", "/ready", "/livez", "/metrics", "/auth/login", "/openapi.json")
 
 # What every rate-limited route (the ones that submit work) may also answer: 429 (rate limits, throttling) and 503
 # (queues full, circuit open).

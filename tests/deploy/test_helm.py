@@ -96,7 +96,7 @@ def test_api_probes_health_and_ready_and_the_api_image_is_not_a_worker_image(ren
     _, docs = rendered
     [api] = [d for n, d in by_kind(docs, "Deployment").items() if n.endswith("-api")]
     container = api["spec"]["template"]["spec"]["containers"][0]
-    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"  # never Redis
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["image"].startswith("inferno-jobs-api:")
     assert container["command"][:2] == ["inferno-jobs", "api"]

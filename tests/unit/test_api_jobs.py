@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import redis
 
 from inferno_jobs.apikey import KeyRing
 
@@ -227,6 +228,17 @@ def test_health_reports_redis_and_queues_and_ready_needs_a_worker(client):
     health = client.get("/health").get_json()
     assert health["redis"] == "ok" and health["workers"] == 0 and "inferno.cpu.high" in health["queues"]
     assert client.get("/ready").status_code == 503
+
+
+def test_livez_answers_while_redis_is_unreachable_and_health_reports_it(make_app, fake_redis, monkeypatch):
+    client = make_app(auth="required").test_client()
+
+    def unreachable(*args, **kwargs):
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+    monkeypatch.setattr(fake_redis, "execute_command", unreachable)
+    live = client.get("/livez")  # no key needed: probes carry none
+    assert live.status_code == 200 and live.get_json()["status"] == "alive"
+    assert client.get("/health").get_json()["redis"] == "down" and client.get("/ready").status_code == 503
 
 
 def test_models_lists_the_repository(client):
