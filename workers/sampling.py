@@ -13,6 +13,9 @@ The processors follow the Hugging Face ``generate`` definitions, so a model beha
 
 Greedy decoding (temperature 0 or top_k 1) is a plain argmax after the penalties, so it never consumes random
 numbers and is identical with or without a seed.
+
+:func:`log_softmax` and :func:`most_likely` serve ``logprobs``, which reports the model's raw logits (before any
+processor here), as vLLM does by default; they never touch the sampler, so asking for them changes no text.
 """
 
 from __future__ import annotations
@@ -82,6 +85,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
     shifted = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log probabilities over the last axis, in float64 (what ``logprobs`` reports of the raw logits)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - np.max(logits, axis=-1, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def most_likely(logprobs: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the ``k`` largest entries of 1-D ``logprobs``, largest first (ties: the lower id first)."""
+    k = min(k, logprobs.shape[-1])
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    top = np.argpartition(-logprobs, k - 1)[:k]
+    return top[np.lexsort((top, -logprobs[top]))]
 
 
 def _number(item: dict, key: str, default, low: float, high: float, kind=float):

@@ -9,7 +9,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, decoders, pre_tokenizers
 
 from inferno_jobs.errors import InvalidRequest, ModelNotLoaded
 
@@ -150,3 +150,63 @@ class IncrementalDecoder:
             self.text += piece
             return piece
         return ""
+
+
+class TokenBytes:
+    """What a token is for log probabilities: its text and its UTF-8 bytes, as OpenAI shows them.
+
+    A byte-level BPE vocabulary (GPT-2, Llama 3, Qwen, the demo's) spells each byte as one character, so a token
+    can hold part of a character: ``decode([id])`` would give "\\ufffd" and the wrong bytes. Its bytes are read
+    from its vocabulary entry through the ``tokenizers`` ByteLevel alphabet; joined in order they are exactly the
+    UTF-8 of the decoded text. A special token (``<|endoftext|>``), which decoding leaves out of the text, has no
+    bytes (``None``, as OpenAI allows). Other tokenizers fall back to ``decode([id])``, which is exact for tokens of
+    whole characters.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        added = tokenizer.get_added_tokens_decoder()
+        self.special = {i: t.content for i, t in added.items() if t.special}
+        self.added = {i: t.content for i, t in added.items() if not t.special}
+        self.byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)
+        self._cache: dict[int, tuple[str, bytes | None]] = {}
+
+    def of(self, token_id: int) -> tuple[str, bytes | None]:
+        """``(token, bytes)`` of one id: the token's text, or ``bytes:\\xe2\\x80`` (OpenAI's spelling) when its bytes
+        are not whole UTF-8 characters; ``bytes`` None for a special token."""
+        found = self._cache.get(token_id)
+        if found is None:
+            found = self._cache[token_id] = self._read(token_id)
+        return found
+
+    def _read(self, token_id: int) -> tuple[str, bytes | None]:
+        if token_id in self.special:
+            return self.special[token_id], None
+        if token_id in self.added:
+            raw = self.added[token_id].encode()
+        elif self.byte_level:
+            piece = self.tokenizer.id_to_token(token_id) or ""  # None: an id past the vocabulary (padded logits)
+            alphabet = _byte_level_alphabet()
+            raw = bytes(alphabet[c] for c in piece)
+        else:
+            raw = self.tokenizer.decode([token_id], skip_special_tokens=False).encode()
+        try:
+            return raw.decode("utf-8"), raw
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw), raw
+
+
+@lru_cache(maxsize=1)
+def _byte_level_alphabet() -> dict[str, int]:
+    """The byte each character of a byte-level vocabulary stands for, as the ``tokenizers`` ByteLevel pre-tokenizer
+    spells them: it turns each UTF-8 byte of a text into one character."""
+    # Every byte value UTF-8 text can hold: all of U+0000..U+07FF (ASCII, the two-byte leads, every continuation
+    # byte) and one character for each three- and four-byte lead byte.
+    points = [*range(0x800), 0x800, *range(0x1000, 0x10000, 0x1000), *range(0x10000, 0x110000, 0x30000)]
+    sample = "".join(map(chr, points))
+    ((spelled, _),) = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(sample)
+    alphabet = dict(zip(spelled, sample.encode()))
+    # The 13 bytes no UTF-8 text holds (C0, C1, F5..FF) are printable Latin-1, which the alphabet (GPT-2's) spells
+    # as themselves.
+    alphabet.update((chr(b), b) for b in set(range(256)) - set(alphabet.values()))
+    return alphabet

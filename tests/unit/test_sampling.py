@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from inferno_jobs.errors import InvalidRequest
-from workers.sampling import (Sampler, SamplingParams, apply_openai_penalties, apply_repetition_penalty, apply_temperature, softmax,
-                              top_k_filter, top_p_filter)
+from workers.sampling import (Sampler, SamplingParams, apply_openai_penalties, apply_repetition_penalty,
+                              apply_temperature, log_softmax, most_likely, softmax, top_k_filter, top_p_filter)
 
 
 def test_top_p_keeps_the_nucleus():
@@ -85,3 +85,19 @@ def test_defaults():
     assert (params.temperature, params.top_p, params.top_k, params.repetition_penalty, params.seed) == \
         (1.0, 1.0, 0, 1.0, None)
     assert SamplingParams.from_input({"temperature": 0}).greedy
+
+
+def test_log_softmax_is_the_log_of_the_probabilities_even_for_huge_logits():
+    logits = np.array([1.0, 2.0, 3.0, -1.0], dtype=np.float32)
+    assert np.allclose(log_softmax(logits), np.log(softmax(logits)))
+    assert np.isclose(np.exp(log_softmax(logits)).sum(), 1.0)
+    huge = log_softmax(np.array([1000.0, 0.0]))  # no overflow: exp(1000) would be inf
+    assert np.isfinite(huge).all() and huge[0] == pytest.approx(0.0) and huge[1] == pytest.approx(-1000.0)
+
+
+def test_most_likely_ranks_descending_and_breaks_ties_by_id():
+    logprobs = np.log(np.array([0.1, 0.3, 0.05, 0.3, 0.25]))
+    assert most_likely(logprobs, 3).tolist() == [1, 3, 4]
+    assert most_likely(logprobs, 1).tolist() == [1]
+    assert most_likely(logprobs, 0).tolist() == []
+    assert most_likely(logprobs, 20).tolist() == [1, 3, 4, 0, 2]  # k past the vocabulary: all of it
