@@ -1,7 +1,8 @@
 """A job's events: its status changes and, for a streaming job, its tokens, in one Redis stream per job.
 
 The store appends a ``status`` entry in the same transaction as every status change; the worker running a
-streaming job appends a ``token`` entry for each piece of text as it is generated. Readers (a synchronous call
+streaming job appends a ``token`` entry for each piece of text as it is generated (``{"token", "index"}``, and
+``logprobs``, the entries of the tokens it completes, when the job asked for them). Readers (a synchronous call
 waiting for its job, an SSE or WebSocket client, ``GET /jobs/<id>/events``) read from the start of the stream, so
 nothing that happened before they began reading is missed, and block in ``XREAD`` between entries: no polling.
 """
@@ -65,10 +66,13 @@ class JobEvents:
             expire_s = min(expire_s, self.settings.events_retention_s)
         pipe.expire(key, expire_s)
 
-    def publish_token(self, job_id: str, token: str, index: int) -> None:
-        """Append one generated piece of text (``index`` counts from 0)."""
-        self.redis.xadd(self.keys.job_events(job_id), {"kind": TOKEN, "data": json.dumps({"token": token,
-                                                                                          "index": index})},
+    def publish_token(self, job_id: str, token: str, index: int, logprobs: list[dict] | None = None) -> None:
+        """Append one generated piece of text (``index`` counts from 0), with the log probability entries of the
+        tokens it completes when the job asked for ``logprobs``."""
+        data = {"token": token, "index": index}
+        if logprobs is not None:
+            data["logprobs"] = logprobs
+        self.redis.xadd(self.keys.job_events(job_id), {"kind": TOKEN, "data": json.dumps(data)},
                         maxlen=MAX_EVENTS, approximate=True)
 
     def read(self, positions: dict[str, str], block_ms: int) -> list[tuple[str, Event]]:

@@ -14,6 +14,7 @@ MAX_EMBEDDING_ITEMS = 2048
 MAX_MAX_TOKENS = 2_000_000
 MAX_PROMPTS = 16  # prompts in one completion input (OpenAI's limit for a list ``prompt``)
 MAX_CHOICES = 128  # choices in one generation input, ``n`` times its prompts (OpenAI's limit for ``n``)
+MAX_TOP_LOGPROBS = 20  # most likely alternatives per generated token (OpenAI's limit for ``top_logprobs``)
 WEBHOOK_EVENTS = sorted(EVENT_FOR_STATUS.values())
 
 
@@ -47,6 +48,15 @@ class GenerationParams(StrictSchema):
     stream = fields.Boolean()  # publish tokens as they are generated (GET /jobs/<id>/events); runs unbatched
     # Choices per prompt; above 1 the result has ``choices`` (choice j sampled with seed + j).
     n = fields.Integer(strict=True, validate=validate.Range(1, MAX_CHOICES))
+    # The log probability of each generated token (and of its ``top_logprobs`` most likely alternatives) in the
+    # result's ``logprobs``: docs/models.md#log-probabilities.
+    logprobs = fields.Boolean()
+    top_logprobs = fields.Integer(strict=True, validate=validate.Range(0, MAX_TOP_LOGPROBS))
+
+    @validates_schema
+    def _top_logprobs(self, data, **kwargs):
+        if data.get("top_logprobs") is not None and not data.get("logprobs"):
+            raise ValidationError("top_logprobs needs logprobs: true", "top_logprobs")
 
     @validates_schema
     def _n(self, data, **kwargs):

@@ -12,6 +12,11 @@ and choice, in order.
 Jobs of a micro-batch are generated one after another, each its own result or error: sequences of different
 lengths finish at different steps, so batched decoding would need per-row masks and cache compaction, which a
 CPU demo model does not repay. Streaming and cancellation go through :meth:`GenerationRunner.generate`.
+
+``logprobs: true`` adds the log probability of each token of the returned text (and of its ``top_logprobs`` most
+likely alternatives): the log-softmax of the model's raw logits at that step, before penalties, temperature,
+top-k and top-p (vLLM's default), computed beside sampling, never in it, so the same seed gives the same text
+with or without them. Without ``logprobs`` no step does any of that work.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ from typing import Callable
 import numpy as np
 
 from inferno_jobs.errors import ContextLengthExceeded, InfernoError, InferenceFailed, InvalidRequest
-from inferno_jobs.schemas import MAX_CHOICES
+from inferno_jobs.schemas import MAX_CHOICES, MAX_TOP_LOGPROBS
 from workers.runner import Runner
-from workers.sampling import Sampler, SamplingParams
-from workers.tokenizer import (IncrementalDecoder, chat_template_of, check_messages, load_tokenizer,
+from workers.sampling import Sampler, SamplingParams, log_softmax, most_likely
+from workers.tokenizer import (IncrementalDecoder, TokenBytes, chat_template_of, check_messages, load_tokenizer,
                                render_chat)
 
 DEFAULT_MAX_TOKENS = 64
@@ -32,7 +37,8 @@ MAX_TOKENS_LIMIT = 2_000_000
 MAX_STOP_SEQUENCES = 16
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
-OnToken = Callable[[str, int], None]
+# on_token(piece, index), and with logprobs asked on_token(piece, index, logprobs=[entries])
+OnToken = Callable[..., None]
 
 
 class GenerationRunner(Runner):
@@ -44,6 +50,7 @@ class GenerationRunner(Runner):
         super().__init__(*args, **kwargs)
         options = self.model.options
         self.tokenizer = load_tokenizer(self.model.path)
+        self.token_bytes = TokenBytes(self.tokenizer)
         self.context_length = int(options.get("context_length", 2048))
         self.default_max_tokens = int(options.get("default_max_tokens", DEFAULT_MAX_TOKENS))
         self.chat_template = chat_template_of(self.model.path, options)
@@ -100,6 +107,20 @@ class GenerationRunner(Runner):
         return value
 
     @staticmethod
+    def _top_logprobs(item: dict) -> int | None:
+        """None unless the input asks for ``logprobs``; else how many alternatives each token lists."""
+        wanted, top = item.get("logprobs"), item.get("top_logprobs")
+        if wanted is not None and not isinstance(wanted, bool):
+            raise InvalidRequest("logprobs must be true or false", details={"field": "logprobs"})
+        if top is not None and (isinstance(top, bool) or not isinstance(top, int)
+                                or not 0 <= top <= MAX_TOP_LOGPROBS):
+            raise InvalidRequest(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}",
+                                 details={"field": "top_logprobs"})
+        if top is not None and not wanted:
+            raise InvalidRequest("top_logprobs needs logprobs: true", details={"field": "top_logprobs"})
+        return (top or 0) if wanted else None
+
+    @staticmethod
     def _stops(item: dict) -> list[str]:
         stop = item.get("stop")
         stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
@@ -135,23 +156,35 @@ class GenerationRunner(Runner):
         ``index`` counts the calls from 0); the pieces concatenate to the result's text. Text that could be the
         start of a stop sequence is held back until it is known not to be one. ``should_stop()`` is polled
         before every model call; when it returns True generation ends with ``finish_reason`` ``"canceled"``.
+
+        With ``logprobs`` the result has ``logprobs``, one entry per token wholly inside its text, and the call is
+        ``on_token(piece, index, logprobs=entries)``: the entries of the tokens that this piece completes (a
+        piece may complete none, and a token with no text, a special one, comes with an empty piece).
         """
         kind, prompt_ids = self._prompt(item)
         max_tokens, stops = self._max_tokens(item), self._stops(item)
+        top_logprobs = self._top_logprobs(item)
         sampler = Sampler(SamplingParams.from_input(item))
         stop_ids = self.chat_stop_ids if kind == "chat" else {self.eos_id} - {None}
         budget = min(max_tokens, self.context_length - len(prompt_ids))
         decoder = IncrementalDecoder(self.tokenizer, prompt_ids)
+        logprobs = None if top_logprobs is None else _Logprobs(self.token_bytes, top_logprobs)
         ids, emitted, calls = list(prompt_ids), 0, 0
         past, pending = None, list(prompt_ids)
         finish, generated, text = "length", 0, None
 
         def emit(upto: int) -> None:
             nonlocal emitted, calls
-            if on_token is not None and upto > emitted:
-                on_token(decoder.text[emitted:upto], calls)
-                calls += 1
+            piece = decoder.text[emitted:upto]
             emitted = max(emitted, upto)
+            if logprobs is not None:
+                completed = logprobs.emitted(piece)
+                if on_token is not None and (piece or completed):
+                    on_token(piece, calls, logprobs=completed)
+                    calls += 1
+            elif on_token is not None and piece:
+                on_token(piece, calls)
+                calls += 1
 
         while generated < budget:
             if should_stop is not None and should_stop():
@@ -164,6 +197,7 @@ class GenerationRunner(Runner):
                     logits, _ = self._forward(ids, len(ids), None)
             except Exception as exc:  # onnxruntime raises its own exception types for a bad run
                 raise InferenceFailed(f"inference failed: {exc}") from exc
+            raw = logits  # what logprobs reports: before the mask below and every processor
             if kind == "chat" and generated == 0 and stop_ids:
                 # A reply is never empty: the end tags cannot be its first token (HF's min_new_tokens=1).
                 logits = np.array(logits, copy=True)
@@ -173,6 +207,8 @@ class GenerationRunner(Runner):
             if token in stop_ids:
                 finish = "stop"
                 break
+            if logprobs is not None:
+                logprobs.record(raw, token)
             ids.append(token)
             pending = [token]
             generated += 1
@@ -189,8 +225,12 @@ class GenerationRunner(Runner):
         usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": generated,
                  "total_tokens": len(prompt_ids) + generated}
         if kind == "chat":
-            return {"message": {"role": "assistant", "content": text}, "finish_reason": finish, "usage": usage}
-        return {"text": text, "finish_reason": finish, "usage": usage}
+            result = {"message": {"role": "assistant", "content": text}, "finish_reason": finish, "usage": usage}
+        else:
+            result = {"text": text, "finish_reason": finish, "usage": usage}
+        if logprobs is not None:
+            result["logprobs"] = logprobs.within(text)
+        return result
 
     def run_batch(self, inputs: list[dict]) -> list[dict | InfernoError]:
         """Generate each input in turn; a failing input fails its own job only."""
@@ -224,11 +264,56 @@ class GenerationRunner(Runner):
                 result = self.generate(one if seed is None else {**one, "seed": seed + j})
                 choice = {"index": len(choices), "finish_reason": result["finish_reason"]}
                 choice.update({"message": result["message"]} if "message" in result else {"text": result["text"]})
+                if "logprobs" in result:
+                    choice["logprobs"] = result["logprobs"]
                 choices.append(choice)
                 usage["completion_tokens"] += result["usage"]["completion_tokens"]
             usage["prompt_tokens"] += result["usage"]["prompt_tokens"]
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return {"choices": choices, "usage": usage}
+
+
+class _Logprobs:
+    """The log probability entries of one generation, and which of them the text emitted so far holds.
+
+    A token belongs to the text once all its bytes are in it: a token of which a stop sequence cuts off a part,
+    or whose last character is incomplete when generation ends, has no entry, so the entries' bytes join into the
+    text, or into the text less the start of the token that was cut.
+    """
+
+    def __init__(self, token_bytes: TokenBytes, top: int):
+        self.token_bytes = token_bytes
+        self.top = top
+        self.entries: list[dict] = []
+        self._ends: list[int] = []  # where each token's bytes end in the generated text's UTF-8
+        self._emitted_bytes = 0
+        self._sent = 0
+
+    def _entry(self, token_id: int, logprob: float) -> dict:
+        token, raw = self.token_bytes.of(token_id)
+        # -9999.0 stands for -inf (a -inf logit), as OpenAI writes it: JSON has no infinity
+        return {"token": token, "logprob": max(float(logprob), -9999.0), "bytes": None if raw is None else list(raw)}
+
+    def record(self, logits: np.ndarray, token: int) -> None:
+        """Add the entry of ``token``, chosen at a step whose raw logits are ``logits``."""
+        logprobs = log_softmax(logits)
+        entry = self._entry(token, logprobs[token])
+        entry["top_logprobs"] = [self._entry(int(i), logprobs[i]) for i in most_likely(logprobs, self.top)]
+        self.entries.append(entry)
+        self._ends.append((self._ends[-1] if self._ends else 0) + len(entry["bytes"] or ()))
+
+    def emitted(self, piece: str) -> list[dict]:
+        """The entries that ``piece``, the next text emitted, completes."""
+        self._emitted_bytes += len(piece.encode())
+        first = self._sent
+        while self._sent < len(self.entries) and self._ends[self._sent] <= self._emitted_bytes:
+            self._sent += 1
+        return self.entries[first:self._sent]
+
+    def within(self, text: str) -> list[dict]:
+        """The entries of the tokens wholly inside ``text``, the generated text as returned."""
+        size = len(text.encode())
+        return [entry for entry, end in zip(self.entries, self._ends) if end <= size]
 
 
 def _has_choices(item) -> bool:

@@ -25,9 +25,10 @@ class JobStream:
         self._checked_at = 0.0
         self._stop = False
 
-    def on_token(self, piece: str, index: int) -> None:
-        """Publish one piece of generated text."""
-        self.store.events.publish_token(self.job_id, piece, index)
+    def on_token(self, piece: str, index: int, logprobs: list[dict] | None = None) -> None:
+        """Publish one piece of generated text (and, for a job that asked for them, the log probability entries
+        of the tokens it completes)."""
+        self.store.events.publish_token(self.job_id, piece, index, logprobs)
 
     def should_stop(self) -> bool:
         """True once cancellation was requested, or the job ended elsewhere (timed out by the reconciler)."""

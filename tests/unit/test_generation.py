@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 
@@ -222,3 +223,126 @@ def test_a_job_without_max_tokens_gets_the_models_default(tinygpt_dir):
     result = short.generate({"prompt": PROMPT, "temperature": 0})
     assert result["usage"]["completion_tokens"] <= 3 and result["finish_reason"] in ("length", "stop")
     assert result["text"] == complete(short, max_tokens=3, temperature=0)["text"]
+
+
+# -- logprobs ----------------------------------------------------------------------------------------------------
+
+def _ids_of(runner, entries) -> list[int]:
+    """The token ids of ``entries``, through their bytes (each token of a BPE vocabulary has its own)."""
+    by_bytes = {}
+    for i in range(runner.tokenizer.get_vocab_size()):
+        raw = runner.token_bytes.of(i)[1]
+        if raw is not None:
+            by_bytes[raw] = i
+    return [by_bytes[bytes(e["bytes"])] for e in entries]
+
+
+def _reference_logprobs(no_cache, ids: list[int]) -> np.ndarray:
+    """NumPy's log-softmax of the raw logits after ``ids``, from a full recompute (no KV cache)."""
+    logits = no_cache._forward(ids, len(ids), None)[0].astype(np.float64)
+    return logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+
+
+def test_logprobs_are_the_log_softmax_of_the_raw_logits(runner, no_cache):
+    # Penalties, temperature, top-k and top-p change the draw, not the numbers reported.
+    params = {"max_tokens": 8, "temperature": 0.9, "top_k": 20, "top_p": 0.9, "repetition_penalty": 1.3,
+              "presence_penalty": 0.5, "seed": 3}
+    result = complete(runner, logprobs=True, top_logprobs=5, **params)
+    entries = result["logprobs"]
+    assert len(entries) == result["usage"]["completion_tokens"] == 8
+    prompt = runner.tokenizer.encode(PROMPT).ids
+    chosen = _ids_of(runner, entries)
+    for step in range(4):
+        reference = _reference_logprobs(no_cache, prompt + chosen[:step])
+        entry = entries[step]
+        assert entry["logprob"] == pytest.approx(reference[chosen[step]], abs=1e-4)
+        top = entry["top_logprobs"]
+        assert len(top) == 5
+        assert [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+        assert _ids_of(runner, top) == np.argsort(-reference, kind="stable")[:5].tolist()
+        assert [t["logprob"] for t in top] == pytest.approx(np.sort(reference)[::-1][:5], abs=1e-4)
+        assert all(set(t) == {"token", "logprob", "bytes"} for t in top)
+    assert b"".join(bytes(e["bytes"]) for e in entries).decode() == result["text"]
+    assert "".join(e["token"] for e in entries) == result["text"]
+
+
+def test_greedy_picks_the_top_entry_at_every_step(runner):
+    result = complete(runner, max_tokens=16, temperature=0, logprobs=True, top_logprobs=2)
+    for entry in result["logprobs"]:
+        best = entry["top_logprobs"][0]
+        assert (best["token"], best["logprob"]) == (entry["token"], entry["logprob"])
+        assert entry["logprob"] >= entry["top_logprobs"][1]["logprob"]
+
+
+@pytest.mark.parametrize("item", [{"prompt": PROMPT}, {"messages": CHAT}])
+def test_logprobs_change_no_text_and_cost_nothing_unless_asked(runner, monkeypatch, item):
+    params = {**item, "max_tokens": 20, "temperature": 1.0, "top_p": 0.95, "seed": 7}
+    with_logprobs = runner.generate({**params, "logprobs": True, "top_logprobs": 20})
+    import workers.generation as generation
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("log probabilities computed without logprobs")
+    monkeypatch.setattr(generation, "log_softmax", forbidden)
+    without = runner.generate(params)
+    assert "logprobs" not in without and without == {k: v for k, v in with_logprobs.items() if k != "logprobs"}
+    assert all(len(e["top_logprobs"]) == 20 for e in with_logprobs["logprobs"])
+
+
+def test_a_token_cut_by_a_stop_sequence_has_no_entry(runner):
+    full = complete(runner, max_tokens=16, temperature=0, logprobs=True)
+    tokens = [e["token"] for e in full["logprobs"]]
+    assert len(tokens[2]) > 2 and tokens[2][2:] + tokens[3] not in "".join(tokens[:3]), tokens
+    # a stop sequence that starts inside token 2 (its first two characters stay in the text) ...
+    inside = complete(runner, max_tokens=16, temperature=0, logprobs=True, stop=[tokens[2][2:] + tokens[3]])
+    assert inside["text"] == "".join(tokens[:2]) + tokens[2][:2] and inside["finish_reason"] == "stop"
+    assert inside["logprobs"] == full["logprobs"][:2]  # ... leaves token 2 out: its end is not in the text
+    # ... one that starts at a token's first character leaves the entries of exactly the returned text
+    between = complete(runner, max_tokens=16, temperature=0, logprobs=True, stop=[tokens[3]])
+    assert between["text"] == "".join(tokens[:3]) and between["logprobs"] == full["logprobs"][:3]
+
+
+@pytest.mark.parametrize("params", [{"temperature": 0}, {"temperature": 0, "stop": ["the", "mouse"]},
+                                    {"seed": 3, "temperature": 0.9}])
+def test_streamed_pieces_carry_the_entries_they_complete(runner, params):
+    calls = []
+    result = runner.generate({"prompt": PROMPT, "max_tokens": 30, "logprobs": True, "top_logprobs": 1, **params},
+                             on_token=lambda piece, index, logprobs: calls.append((index, piece, logprobs)))
+    assert [i for i, _, _ in calls] == list(range(len(calls)))
+    assert "".join(piece for _, piece, _ in calls) == result["text"]
+    assert [e for _, _, entries in calls for e in entries] == result["logprobs"]
+    sent, done = "", b""
+    for _, piece, entries in calls:
+        sent += piece
+        done += b"".join(bytes(e["bytes"]) for e in entries)
+        assert sent.encode().startswith(done)  # a piece's entries end within the text sent so far
+
+
+def test_each_of_n_choices_has_its_own_logprobs(runner):
+    params = {"prompt": PROMPT, "max_tokens": 8, "temperature": 1.0, "seed": 5, "logprobs": True,
+              "top_logprobs": 2}
+    (two,) = runner.run_batch([{**params, "n": 2}])
+    for j, choice in enumerate(two["choices"]):
+        alone = complete(runner, **{**params, "prompt": PROMPT, "seed": 5 + j})
+        assert choice["logprobs"] == alone["logprobs"] and choice["text"] == alone["text"]
+    assert two["choices"][0]["logprobs"] != two["choices"][1]["logprobs"]
+
+
+@pytest.mark.parametrize("bad, field", [({"top_logprobs": 2}, "top_logprobs"),
+                                        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                                        ({"logprobs": True, "top_logprobs": True}, "top_logprobs"),
+                                        ({"logprobs": "yes"}, "logprobs")])
+def test_bad_logprobs_fail_their_own_job(runner, bad, field):
+    error, fine = runner.run_batch([{"prompt": PROMPT, **bad}, {"prompt": PROMPT, "max_tokens": 2}])
+    assert isinstance(error, InvalidRequest) and error.details["field"] == field
+    assert fine["text"]
+
+
+def test_token_bytes_of_partial_characters_and_special_tokens(runner):
+    text = "Héllo — wörld 日本"
+    ids = runner.tokenizer.encode(text).ids
+    pieces = [runner.token_bytes.of(i) for i in ids]
+    assert b"".join(raw for _, raw in pieces).decode() == text  # the bytes of the pieces join into the text
+    partial = [token for token, raw in pieces if len(raw) == 1 and raw[0] >= 0x80]
+    assert partial and all(token.startswith("bytes:\\x") for token in partial)  # OpenAI's spelling
+    assert runner.token_bytes.of(runner.eos_id) == ("<|endoftext|>", None)  # decoding leaves it out of the text
+    assert runner.token_bytes.of(runner.tokenizer.token_to_id("Ġupon")) == (" upon", b" upon")
