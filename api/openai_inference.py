@@ -19,7 +19,7 @@ from api.body import json_body
 from api.compat_schemas import load_request
 from api.jobs import check_context
 from api.openai_errors import init_blueprint, openai_error_body
-from api.openai_results import chat_choice, choices_of, completion_choice
+from api.openai_results import LegacyLogprobs, chat_choice, chat_logprobs, choices_of, completion_choice
 from api.request_context import services, tenant
 from api.sync_jobs import (KEEPALIVE, find_model, job_error, result_of, sse, sse_response, stream_tokens, submit_now,
                            wait)
@@ -86,15 +86,16 @@ def chat_completions():
 
 
 def _chat_chunks(job: Job, include_usage: bool):
-    def chunk(delta: dict, finish_reason=None, **extra) -> dict:
+    def chunk(delta: dict, finish_reason=None, logprobs=None) -> dict:
         return {"id": job.id, "object": "chat.completion.chunk", "created": int(job.created_at), "model": job.model,
                 "system_fingerprint": None,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra}
+                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
     yield sse(chunk({"role": "assistant", "content": ""}))
     for kind, value in stream_tokens(job):
         if kind == "token":
-            yield sse(chunk({"content": value["token"]}))
+            # With logprobs asked, each piece carries the entries of the tokens it completes (maybe none).
+            yield sse(chunk({"content": value["token"]}, logprobs=chat_logprobs(value.get("logprobs"))))
         elif kind == "keepalive":
             yield KEEPALIVE
         elif kind == "end":
@@ -155,14 +156,17 @@ def completions():
 
 
 def _completion_chunks(job: Job, include_usage: bool):
-    def chunk(text: str, finish_reason=None) -> dict:
+    def chunk(text: str, finish_reason=None, logprobs=None) -> dict:
         return {"id": job.id, "object": "text_completion", "created": int(job.created_at), "model": job.model,
                 "system_fingerprint": None,
-                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]}
+                "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
+    legacy = LegacyLogprobs()  # text_offset counts across the chunks, from the start of the text
     for kind, value in stream_tokens(job):
         if kind == "token":
-            yield sse(chunk(value["token"]))
+            entries = value.get("logprobs")
+            logprobs = None if entries is None else legacy.add(value["token"], entries)
+            yield sse(chunk(value["token"], logprobs=logprobs))
         elif kind == "keepalive":
             yield KEEPALIVE
         elif kind == "end":

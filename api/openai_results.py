@@ -2,9 +2,15 @@
 
 Used for batch output files (``/v1/files/<id>/content``); the synchronous ``/v1`` endpoints can use the same
 functions so both surfaces answer alike.
+
+A result's ``logprobs`` (one entry ``{token, logprob, bytes, top_logprobs}`` per token, workers/generation.py)
+becomes chat's ``{"content": [...], "refusal": null}`` as it is, and the legacy completions' ``{tokens,
+token_logprobs, top_logprobs, text_offset}``; a choice without them has ``logprobs: null``.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_right
 
 from api.openai_errors import openai_error_body
 from inferno_jobs.errors import ERRORS_BY_CODE, InfernoError
@@ -52,13 +58,54 @@ def chat_choice(choice: dict) -> dict:
     return {"index": choice["index"],
             "message": {"role": message.get("role", "assistant"), "content": message.get("content"),
                         "refusal": None},
-            "logprobs": None, "finish_reason": finish_reason(choice)}
+            "logprobs": chat_logprobs(choice.get("logprobs")), "finish_reason": finish_reason(choice)}
+
+
+def chat_logprobs(entries: list[dict] | None) -> dict | None:
+    """Chat's ``logprobs`` of a choice's (or a chunk's) entries; None when none were asked for."""
+    return None if entries is None else {"content": entries, "refusal": None}
 
 
 def completion_choice(choice: dict, index: int | None = None) -> dict:
     """One generated completion choice as OpenAI's; ``index`` replaces the choice's own."""
-    return {"text": choice["text"], "index": choice["index"] if index is None else index, "logprobs": None,
+    entries = choice.get("logprobs")
+    return {"text": choice["text"], "index": choice["index"] if index is None else index,
+            "logprobs": None if entries is None else LegacyLogprobs().add(choice["text"], entries),
             "finish_reason": finish_reason(choice)}
+
+
+class LegacyLogprobs:
+    """The legacy completions ``logprobs`` of one choice, built from its text and entries at once or, for a stream,
+    piece by piece.
+
+    ``top_logprobs`` holds, per token, its most likely alternatives and the chosen token (OpenAI: "up to
+    logprobs + 1 elements"), most likely first; ``text_offset`` is the character in the choice's text where each
+    token starts (from 0, as vLLM counts without ``echo``; a token that starts inside a character another token
+    began is at that character).
+    """
+
+    def __init__(self):
+        self._char_starts = [0]  # the UTF-8 byte where each character of the text so far starts, then its end
+        self._token_bytes = 0
+
+    def add(self, piece: str, entries: list[dict]) -> dict:
+        """The legacy ``logprobs`` of ``entries``, the tokens that ``piece`` (the next text) completes."""
+        for char in piece:
+            self._char_starts.append(self._char_starts[-1] + len(char.encode()))
+        offsets = []
+        for entry in entries:
+            offsets.append(bisect_right(self._char_starts, self._token_bytes) - 1)
+            self._token_bytes += len(entry.get("bytes") or ())
+        return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+                "top_logprobs": [_alternatives(e) for e in entries], "text_offset": offsets}
+
+
+def _alternatives(entry: dict) -> dict[str, float]:
+    ranked = [*entry["top_logprobs"], {"token": entry["token"], "logprob": entry["logprob"]}]
+    out: dict[str, float] = {}
+    for alt in sorted(ranked, key=lambda alt: -alt["logprob"]):  # stable: the chosen token after an equal one
+        out.setdefault(alt["token"], alt["logprob"])
+    return out
 
 
 def error_status(error: dict) -> tuple[int, dict]:

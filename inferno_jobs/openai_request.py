@@ -17,7 +17,8 @@ from __future__ import annotations
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from inferno_jobs.job import JobType
-from inferno_jobs.schemas import MAX_CHOICES, MAX_EMBEDDING_CHARS, MAX_EMBEDDING_ITEMS, MAX_MAX_TOKENS, MAX_PROMPTS
+from inferno_jobs.schemas import (MAX_CHOICES, MAX_EMBEDDING_CHARS, MAX_EMBEDDING_ITEMS, MAX_MAX_TOKENS, MAX_PROMPTS,
+                                   MAX_TOP_LOGPROBS)
 
 # An OpenAI endpoint -> the job type its requests run as.
 ENDPOINTS = {
@@ -27,6 +28,7 @@ ENDPOINTS = {
 }
 
 SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")
+MAX_LEGACY_LOGPROBS = 5  # /v1/completions' ``logprobs``: most likely alternatives per token (OpenAI's limit)
 
 
 def between(name: str, low, high) -> validate.Range:
@@ -140,11 +142,17 @@ class ChatRequest(OpenAIGeneration):
                            validate=validate.Length(min=1, error="messages must not be empty"))
     max_completion_tokens = fields.Integer(allow_none=True, strict=True,
                                            validate=between("max_completion_tokens", 1, MAX_MAX_TOKENS))
-    logprobs = fields.Boolean(allow_none=True, validate=validate.Equal(False, error="logprobs is not supported"))
-    top_logprobs = fields.Integer(allow_none=True, validate=validate.Equal(0, error="logprobs is not supported"))
+    logprobs = fields.Boolean(allow_none=True)
+    top_logprobs = fields.Integer(allow_none=True, strict=True,
+                                  validate=between("top_logprobs", 0, MAX_TOP_LOGPROBS))
     response_format = fields.Dict(allow_none=True)
     # Accepted and ignored: without ``tools`` (refused) no tool is ever called.
     parallel_tool_calls = fields.Boolean(allow_none=True)
+
+    @validates_schema
+    def _top_logprobs(self, data, **kwargs):
+        if data.get("top_logprobs") is not None and not data.get("logprobs"):
+            raise ValidationError("top_logprobs needs logprobs: true", "top_logprobs")
 
     @validates_schema
     def _format(self, data, **kwargs):
@@ -159,7 +167,8 @@ class CompletionRequest(OpenAIGeneration):
     echo = fields.Boolean(allow_none=True, validate=validate.Equal(False, error="echo is not supported"))
     suffix = fields.String(allow_none=True, validate=validate.Length(max=0, error="suffix is not supported"))
     best_of = fields.Integer(allow_none=True, strict=True)
-    logprobs = fields.Integer(allow_none=True, validate=validate.Equal(0, error="logprobs is not supported"))
+    # The legacy form: the number of most likely alternatives per token (0: the chosen tokens only).
+    logprobs = fields.Integer(allow_none=True, strict=True, validate=between("logprobs", 0, MAX_LEGACY_LOGPROBS))
 
     @validates_schema
     def _prompt(self, data, **kwargs):
@@ -176,7 +185,8 @@ class CompletionRequest(OpenAIGeneration):
 
     @validates_schema
     def _best_of(self, data, **kwargs):
-        # best_of > n would rank candidates by log probability, which is not computed here; best_of == n is n.
+        # best_of > n would generate candidates and return the n of highest mean log probability, which is not
+        # done here; best_of == n is n.
         if data.get("best_of") is not None and data["best_of"] != data.get("n", 1):
             raise ValidationError("best_of must equal n (ranking candidates by log probability is not supported)",
                                   "best_of")
@@ -249,7 +259,19 @@ def sampling(data: dict) -> dict:
         out["top_k"] = max(0, data["top_k"])  # vLLM's -1 and the native 0 both mean "off"
     if data.get("chat_template_kwargs"):
         out["chat_template_kwargs"] = data["chat_template_kwargs"]
+    out.update(logprob_params(data))
     return out
+
+
+def logprob_params(data: dict) -> dict:
+    """The job input's ``logprobs`` and ``top_logprobs`` from a loaded body: chat's ``logprobs`` is a flag beside
+    ``top_logprobs``, the legacy completions' ``logprobs`` the number of alternatives itself (0 included)."""
+    wanted = data.get("logprobs")
+    if wanted is None or wanted is False:
+        return {}
+    if wanted is True:  # chat (marshmallow's Integer never loads a bool)
+        return {"logprobs": True, "top_logprobs": data.get("top_logprobs") or 0}
+    return {"logprobs": True, "top_logprobs": wanted}
 
 
 def job_input(job_type: JobType, data: dict) -> dict:

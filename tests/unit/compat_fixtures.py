@@ -24,6 +24,17 @@ CONFIGS = {
     "diabetes": {"type": "predict", "task": "regression", "n_features": 10},
 }
 TOKENS = ["Once", " upon", " a", " time"]
+ALTERNATIVES = [" the", " and", "!", " é", " of"]  # a fake model's runners-up, most likely first
+
+
+def fake_entry(i: int, token: str, top: int) -> dict:
+    """The log probability entry of token ``i`` as the generation runner writes it: the token at -0.1 * (i + 1),
+    its ``top`` alternatives below it."""
+    logprob = -0.1 * (i + 1)
+    top_logprobs = [{"token": token, "logprob": logprob, "bytes": list(token.encode())}]
+    top_logprobs += [{"token": alt, "logprob": logprob - j - 1, "bytes": list(alt.encode())}
+                     for j, alt in enumerate(ALTERNATIVES)]
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": top_logprobs[:top]}
 
 
 def fake_run(model: str, inputs: list[dict]) -> list:
@@ -57,24 +68,37 @@ def fake_choices(item: dict) -> dict:
             choice["message"] = {**one["message"], "content": f"chat/{j}"}
         else:
             choice["text"] = f"{item['prompt']}/{j}"
+        if item.get("logprobs"):
+            text = choice["text"] if "text" in choice else choice["message"]["content"]
+            choice["logprobs"] = [fake_entry(i, c, item.get("top_logprobs") or 0) for i, c in enumerate(text)]
         choices.append(choice)
     usage = {"prompt_tokens": 2, "completion_tokens": len(TOKENS) * item["n"]}
     return {"choices": choices, "usage": {**usage, "total_tokens": sum(usage.values())}}
 
 
 def fake_generate(item: dict, on_token=None, should_stop=None) -> dict:
-    text, finish = "", "stop"
+    """``TOKENS``, one piece per token (with ``logprobs``, each piece with its token's entry, as the runner
+    calls ``on_token``)."""
+    text, finish, entries = "", "stop", []
     for i, piece in enumerate(TOKENS):
         if should_stop is not None and should_stop():
             finish = "canceled"
             break
-        if on_token:
+        if item.get("logprobs"):
+            entries.append(fake_entry(i, piece, item.get("top_logprobs") or 0))
+            if on_token:
+                on_token(piece, i, logprobs=entries[-1:])
+        elif on_token:
             on_token(piece, i)
         text += piece
     usage = {"prompt_tokens": 2, "completion_tokens": len(TOKENS), "total_tokens": 2 + len(TOKENS)}
     if "messages" in item:
-        return {"message": {"role": "assistant", "content": text}, "finish_reason": finish, "usage": usage}
-    return {"text": text, "finish_reason": finish, "usage": usage}
+        result = {"message": {"role": "assistant", "content": text}, "finish_reason": finish, "usage": usage}
+    else:
+        result = {"text": text, "finish_reason": finish, "usage": usage}
+    if item.get("logprobs"):
+        result["logprobs"] = entries
+    return result
 
 
 def fake_stream(model: str, item: dict, on_token, should_stop) -> dict:

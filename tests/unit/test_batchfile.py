@@ -274,3 +274,37 @@ def test_a_long_csv_field_is_measured_against_the_line_limit_not_the_csv_modules
 def test_format_sniffing_ignores_str_only_line_breaks():
     assert detect_format(None, '\u2028{"prompt": "x"}\n'.encode()) == "txt"  # U+2028 is not a line end
     assert detect_format(None, b'\r\n{"prompt": "x"}\n') == "jsonl"
+
+
+def test_openai_batch_lines_ask_for_logprobs_and_their_output_bodies_carry_them():
+    from api.openai_results import openai_body
+
+    data = jsonl(
+        {"custom_id": "c", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "tiny-gpt", "messages": [{"role": "user", "content": "hi"}], "logprobs": True,
+                  "top_logprobs": 2}},
+        {"custom_id": "p", "method": "POST", "url": "/v1/completions",
+         "body": {"model": "tiny-gpt", "prompt": "Once", "logprobs": 3}},
+        {"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "tiny-gpt", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}},
+    )
+    chat, completion, bad = reader().file(data, "openai.jsonl").lines
+    assert (chat.input["logprobs"], chat.input["top_logprobs"]) == (True, 2)
+    assert (completion.input["logprobs"], completion.input["top_logprobs"]) == (True, 3)  # legacy: the count
+    assert "top_logprobs needs logprobs: true" in bad.error["message"]  # the endpoint's own check
+
+    entries = [{"token": t, "logprob": lp, "bytes": list(t.encode()),
+                "top_logprobs": [{"token": " a", "logprob": -0.5, "bytes": [32, 97]}]}
+               for t, lp in [("Hé", -0.25), ("!", -1.5)]]
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    body = openai_body({"message": {"role": "assistant", "content": "Hé!"}, "finish_reason": "stop",
+                        "usage": usage, "logprobs": entries}, model="tiny-gpt", response_id="x", created=1)
+    assert body["choices"][0]["logprobs"] == {"content": entries, "refusal": None}
+    body = openai_body({"text": "Hé!", "finish_reason": "length", "usage": usage, "logprobs": entries},
+                       model="tiny-gpt", response_id="x", created=1)
+    assert body["choices"][0]["logprobs"] == {
+        "tokens": ["Hé", "!"], "token_logprobs": [-0.25, -1.5], "text_offset": [0, 2],  # characters, not bytes
+        "top_logprobs": [{"Hé": -0.25, " a": -0.5}, {" a": -0.5, "!": -1.5}]}  # most likely first, chosen included
+    plain = openai_body({"text": "x", "finish_reason": "stop", "usage": usage}, model="m", response_id="y",
+                        created=1)
+    assert plain["choices"][0]["logprobs"] is None

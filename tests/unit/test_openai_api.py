@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.unit.compat_fixtures import TOKENS, app_of, compat_models, inline, sse_events  # noqa: F401
+from tests.unit.compat_fixtures import (TOKENS, app_of, compat_models, fake_entry, inline,  # noqa: F401
+                                       sse_events)
 
 CHAT = {"model": "tiny-gpt", "messages": [{"role": "user", "content": "Hello!"}]}
 
@@ -322,3 +323,106 @@ def test_a_bad_n_is_400_naming_its_parameter(v1, inline, path, extra, message, p
     assert r.status_code == 400 and message in r.get_json()["error"]["message"]
     assert r.get_json()["error"]["param"] == param
     assert not inline.sent  # nothing was queued
+
+
+# -- logprobs ----------------------------------------------------------------------------------------------------
+
+def test_chat_logprobs_in_openai_shape_and_null_unless_asked(v1, inline):
+    body = v1.post("/v1/chat/completions", json={**CHAT, "logprobs": True, "top_logprobs": 2}).get_json()
+    logprobs = body["choices"][0]["logprobs"]
+    assert logprobs == {"content": [fake_entry(i, t, 2) for i, t in enumerate(TOKENS)], "refusal": None}
+    first = logprobs["content"][0]
+    assert set(first) == {"token", "logprob", "bytes", "top_logprobs"} and first["bytes"] == list(b"Once")
+    assert set(first["top_logprobs"][0]) == {"token", "logprob", "bytes"}
+    assert _input_of(inline, body["id"]) == {"messages": CHAT["messages"], "logprobs": True, "top_logprobs": 2}
+    # logprobs alone lists no alternatives; not asked, the choice says null and the job computes nothing
+    alone = v1.post("/v1/chat/completions", json={**CHAT, "logprobs": True}).get_json()
+    assert all(e["top_logprobs"] == [] for e in alone["choices"][0]["logprobs"]["content"])
+    plain = v1.post("/v1/chat/completions", json={**CHAT, "logprobs": False}).get_json()
+    assert plain["choices"][0]["logprobs"] is None
+    assert _input_of(inline, plain["id"]) == {"messages": CHAT["messages"]}
+
+
+def test_chat_stream_chunks_carry_the_entries_of_their_own_delta(v1):
+    events = sse_events(v1.post("/v1/chat/completions", json={**CHAT, "stream": True, "logprobs": True,
+                                                              "top_logprobs": 1}))
+    chunks = [c["choices"][0] for c in events[:-1]]
+    assert chunks[0]["delta"] == {"role": "assistant", "content": ""} and chunks[0]["logprobs"] is None
+    pieces = [c for c in chunks if c["delta"].get("content")]
+    assert [c["delta"]["content"] for c in pieces] == TOKENS
+    assert [c["logprobs"] for c in pieces] == [{"content": [fake_entry(i, t, 1)], "refusal": None}
+                                               for i, t in enumerate(TOKENS)]
+    assert chunks[-1]["finish_reason"] == "stop" and chunks[-1]["logprobs"] is None
+    plain = sse_events(v1.post("/v1/chat/completions", json={**CHAT, "stream": True}))
+    assert all(c["choices"][0]["logprobs"] is None for c in plain[:-1])
+
+
+def test_completions_logprobs_in_the_legacy_shape(v1, inline):
+    r = v1.post("/v1/completions", json={"model": "tiny-gpt", "prompt": "Once", "logprobs": 2})
+    assert r.status_code == 200, r.get_json()
+    logprobs = r.get_json()["choices"][0]["logprobs"]
+    assert logprobs["tokens"] == TOKENS
+    assert logprobs["token_logprobs"] == [fake_entry(i, t, 0)["logprob"] for i, t in enumerate(TOKENS)]
+    assert logprobs["text_offset"] == [0, 4, 9, 11]  # characters into the choice's text
+    # the alternatives as {token: logprob}, most likely first, the chosen token among them
+    assert logprobs["top_logprobs"][1] == {" upon": -0.2, " the": pytest.approx(-1.2)}
+    assert list(logprobs["top_logprobs"][1].values()) == sorted(logprobs["top_logprobs"][1].values(), reverse=True)
+    assert _input_of(inline, r.get_json()["id"]) == {"prompt": "Once", "logprobs": True, "top_logprobs": 2}
+    # logprobs: 0 is the chosen tokens' own log probabilities
+    zero = v1.post("/v1/completions", json={"model": "tiny-gpt", "prompt": "Once", "logprobs": 0}).get_json()
+    assert zero["choices"][0]["logprobs"]["top_logprobs"] == [{t: fake_entry(i, t, 0)["logprob"]}
+                                                              for i, t in enumerate(TOKENS)]
+    plain = v1.post("/v1/completions", json={"model": "tiny-gpt", "prompt": "Once"}).get_json()
+    assert plain["choices"][0]["logprobs"] is None
+
+
+def test_completions_stream_logprobs_count_offsets_across_chunks(v1):
+    events = sse_events(v1.post("/v1/completions", json={"model": "tiny-gpt", "prompt": "Once", "stream": True,
+                                                         "logprobs": 1}))
+    pieces = [c["choices"][0] for c in events[:-1] if c["choices"][0]["text"]]
+    assert [p["logprobs"]["tokens"] for p in pieces] == [[t] for t in TOKENS]
+    assert [p["logprobs"]["text_offset"] for p in pieces] == [[0], [4], [9], [11]]
+    assert events[-2]["choices"][0]["logprobs"] is None  # the finish chunk
+
+
+def test_each_of_n_choices_has_its_own_logprobs(v1):
+    chat = v1.post("/v1/chat/completions", json={**CHAT, "n": 2, "logprobs": True}).get_json()
+    assert [[e["token"] for e in c["logprobs"]["content"]] for c in chat["choices"]] == [list("chat/0"),
+                                                                                       list("chat/1")]
+    completion = v1.post("/v1/completions", json={"model": "tiny-gpt", "prompt": ["a", "b"], "n": 2,
+                                                  "logprobs": 1}).get_json()
+    assert ["".join(c["logprobs"]["tokens"]) for c in completion["choices"]] == ["a/0", "a/1", "b/0", "b/1"]
+
+
+@pytest.mark.parametrize("path, extra, message, param", [
+    ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs needs logprobs: true", "top_logprobs"),
+    ("/v1/chat/completions", {"logprobs": False, "top_logprobs": 0}, "top_logprobs needs logprobs", "top_logprobs"),
+    ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs must be between 0 and 20",
+     "top_logprobs"),
+    ("/v1/chat/completions", {"logprobs": True, "top_logprobs": -1}, "top_logprobs must be between 0 and 20",
+     "top_logprobs"),
+    ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 2.5}, "Not a valid integer", "top_logprobs"),
+    ("/v1/chat/completions", {"logprobs": "maybe"}, "Not a valid boolean", "logprobs"),
+    ("/v1/completions", {"logprobs": 6}, "logprobs must be between 0 and 5", "logprobs"),
+    ("/v1/completions", {"logprobs": True}, "Not a valid integer", "logprobs"),
+])
+def test_bad_logprobs_are_400_naming_their_parameter(v1, inline, path, extra, message, param):
+    body = {**CHAT, **extra} if "chat" in path else {"model": "tiny-gpt", "prompt": "Once", **extra}
+    r = v1.post(path, json=body)
+    assert r.status_code == 400, r.get_json()
+    error = r.get_json()["error"]
+    assert message in error["message"] and error["param"] == param
+    assert not inline.sent  # nothing was queued
+
+
+def test_native_jobs_take_logprobs_and_refuse_top_logprobs_alone(v1, inline):
+    job = v1.post("/jobs", json={"type": "completion", "model": "tiny-gpt",
+                                 "input": {"prompt": "Once", "logprobs": True, "top_logprobs": 3}}).get_json()
+    deadline = time.monotonic() + 5
+    while (done := v1.get(f"/jobs/{job['id']}").get_json())["status"] != "succeeded" and time.monotonic() < deadline:
+        time.sleep(0.01)  # the inline worker runs it on a thread of its own
+    assert done["result"]["logprobs"] == [fake_entry(i, t, 3) for i, t in enumerate(TOKENS)]
+    for bad, field in [({"top_logprobs": 3}, "top_logprobs"), ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                       ({"logprobs": "sometimes"}, "logprobs")]:
+        r = v1.post("/jobs", json={"type": "chat", "model": "tiny-gpt", "input": {"messages": CHAT["messages"], **bad}})
+        assert r.status_code == 400 and field in json.dumps(r.get_json()["error"]["details"]), r.get_json()
