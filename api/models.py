@@ -13,7 +13,7 @@ from api.controls import require_admin
 from api.request_context import services
 from inferno_jobs import blocking
 from inferno_jobs.circuit import CircuitBreaker
-from inferno_jobs.errors import Timeout
+from inferno_jobs.errors import ModelNotLoaded, Timeout
 from inferno_jobs.job import new_id, now
 from inferno_jobs.queue import queue_name
 from inferno_jobs.schemas import ModelList, ModelResponse
@@ -23,15 +23,32 @@ from workers.model_watch import request_command
 bp = Blueprint("models", __name__)
 
 COMMAND_WAIT_S = 10
+ACTIVE_REPORT_S = 5  # a worker process that reported this recently is alive and applies commands
 VALIDATE_WAIT_S = 60
+
+
+def worker_reports() -> dict[str, dict]:
+    """What each worker process reported within the last few lease periods: ``{worker: {models, load_errors}}``."""
+    svc = services()
+    horizon = now() - 3 * svc.settings.lease_s
+    reports = {(k.decode() if isinstance(k, bytes) else k): json.loads(v)
+               for k, v in svc.redis.hgetall(svc.store.keys.loaded_models()).items()}
+    return {worker: r for worker, r in reports.items() if r.get("reported_at", 0) >= horizon}
 
 
 def loaded_models() -> set[str]:
     """Models that some worker process reported loaded within the last few lease periods."""
-    svc = services()
-    horizon = now() - 3 * svc.settings.lease_s
-    reports = [json.loads(v) for v in svc.redis.hgetall(svc.store.keys.loaded_models()).values()]
-    return {m for r in reports if r.get("reported_at", 0) >= horizon for m in r.get("models", [])}
+    return {m for r in worker_reports().values() for m in r.get("models", [])}
+
+
+def check_load_errors(name: str, since: float) -> None:
+    """Raise :class:`ModelNotLoaded` naming the worker and its reason if a worker process failed to load model
+    ``name`` at or after ``since`` (the command's time)."""
+    for worker, report in sorted(worker_reports().items()):
+        error = (report.get("load_errors") or {}).get(name)
+        if error and error.get("at", 0) >= since:
+            raise ModelNotLoaded(f"model {name!r} failed to load in worker {worker}: {error.get('message')}",
+                                 details={"worker": worker, "error": error.get("message")})
 
 
 def circuit_breaker() -> CircuitBreaker:
@@ -82,14 +99,23 @@ def reset_circuit(model_id: str):
 
 def apply_command(names: list[str], action: str) -> bool:
     """Ask every worker to ``load`` or ``unload`` the models ``names``; True once the workers report them so,
-    False if they still do not after ``COMMAND_WAIT_S`` (the command stays in force and is applied later)."""
-    for name in names:
-        request_command(services().store, name, action)
+    False if they still do not after ``COMMAND_WAIT_S`` (the command stays in force and is applied later). A load
+    that a worker process reports failing raises :class:`ModelNotLoaded` with its reason (503)."""
+    since = now()
+    # The processes that report now (their model watchers report every second) must have applied the command
+    # before their report says anything about it.
+    active = [w for w, r in worker_reports().items() if r.get("reported_at", 0) >= since - ACTIVE_REPORT_S]
+    generation = max(request_command(services().store, name, action) for name in names)
     want = action == "load"
     deadline = time.monotonic() + COMMAND_WAIT_S
     while True:
-        loaded = loaded_models()
-        if all((name in loaded) == want for name in names):
+        reports = worker_reports()
+        if want:
+            for name in names:
+                check_load_errors(name, since)
+        applied = all((reports.get(w, {}).get("generation") or 0) >= generation for w in active if w in reports)
+        loaded = {m for r in reports.values() for m in r.get("models", [])}
+        if applied and all((name in loaded) == want for name in names):
             return True
         if time.monotonic() >= deadline:
             return False

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -66,6 +67,13 @@ class ModelConfig:
         """Bytes on disk of the model directory."""
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
+    @property
+    def version(self) -> str:
+        """Changes whenever a file of the model changes: the names, sizes and modification times of every file in
+        its directory (the ONNX file, its tokenizer, config.json). The result cache keys on it and a worker process
+        loads a model again when it moves."""
+        return hashlib.sha256(json.dumps(sorted(_stamps(self.path, ""))).encode()).hexdigest()[:16]
+
     def describe(self) -> dict:
         """The model as ``GET /models`` lists it (``loaded`` is filled in by the caller)."""
         return {
@@ -99,6 +107,19 @@ class ModelConfig:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelNotFound(f"model {path.name!r} cannot be used: its config.json is broken "
                                 f"({exc.__class__.__name__}: {str(exc)[:200]})", details={"field": "model"}) from None
+
+
+def _stamps(directory: Path, prefix: str) -> list[tuple[str, int, int]]:
+    """``(relative name, size, mtime_ns)`` of every file under ``directory`` (one ``stat`` a file)."""
+    out = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                out += _stamps(Path(entry.path), f"{prefix}{entry.name}/")
+            elif entry.is_file():
+                stat = entry.stat()
+                out.append((prefix + entry.name, stat.st_size, stat.st_mtime_ns))
+    return out
 
 
 class ModelRepository:

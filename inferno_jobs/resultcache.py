@@ -59,13 +59,6 @@ def canonical_input(job_type: JobType, data: dict) -> dict | None:
     return loaded
 
 
-def model_version(model: ModelConfig) -> str:
-    """Changes whenever a file of the model changes: size and modification time of every file in its directory."""
-    stamps = sorted((str(p.relative_to(model.path)), p.stat().st_size, p.stat().st_mtime_ns)
-                    for p in model.path.rglob("*") if p.is_file())
-    return hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:16]
-
-
 def cache_key(tenant: str, model: str, version: str, job_type: JobType, canonical: dict) -> str:
     """The cache key of a request: a hash of tenant, model name and version, job type and canonical input."""
     text = json.dumps([tenant, model, version, job_type.value, canonical], sort_keys=True, separators=(",", ":"),
@@ -197,7 +190,7 @@ def create(store: JobStore, config: EngineConfig, job: Job, model: ModelConfig,
     canonical = canonical_input(job.type, job.input) if config.enable_cache else None
     if canonical is None:
         return store.create(job, idempotency, publish=publish, guard=guard)
-    key = cache_key(job.tenant, model.name, model_version(model), job.type, canonical)
+    key = cache_key(job.tenant, model.name, model.version, job.type, canonical)
     cache = ResultCache(store.redis, store.keys, config)
     result = cache.get(key, job.type, job.model)
     if result is not None:

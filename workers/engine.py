@@ -5,9 +5,12 @@ An engine is created after fork (in ``worker_process_init`` or on first use), ne
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable
 
 import onnxruntime as ort
@@ -17,6 +20,11 @@ from inferno_jobs.engine_config import EngineConfig
 from inferno_jobs.errors import InfernoError, ModelNotLoaded
 from inferno_jobs.model import ModelConfig, ModelRepository
 from workers.runner import Runner
+
+log = logging.getLogger(__name__)
+
+# How often a loaded model's files are compared with the ones it was loaded from (one stat of each file).
+FILES_CHECK_INTERVAL_S = 1.0
 
 
 def runner_classes() -> dict[str, type[Runner]]:
@@ -35,8 +43,22 @@ def providers_for(pool: str) -> list[str]:
     return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
 
 
+@dataclass
+class Loaded:
+    """A model this process holds: its runner, its size on disk, and the version of the files it was built from."""
+
+    runner: Runner
+    size: int
+    version: str
+    checked_at: float  # time.monotonic() of the last comparison with the files
+
+
 class Engine:
     """Loaded models of one worker process, least recently used evicted past ``memory_budget_bytes``.
+
+    A loaded model whose files change (a new ``model.onnx``, tokenizer or ``config.json``) is loaded again at its
+    next use, so no process serves files its model directory no longer holds. ``load_errors`` keeps each model's
+    last load failure (cleared by a successful load or an unload) for the workers' reports.
 
     ``engine_config()`` returns the live engine settings: their ``num_threads`` sizes the sessions built after a
     change (``POST /config``); loaded sessions keep theirs until they are rebuilt (``POST /restart``, or an unload
@@ -52,7 +74,8 @@ class Engine:
         self.memory_budget_bytes = memory_budget_bytes
         self.engine_config = engine_config
         self.default_threads = max(1, (os.cpu_count() or 1) // max(1, processes))
-        self._runners: OrderedDict[str, tuple[Runner, int]] = OrderedDict()
+        self._runners: OrderedDict[str, Loaded] = OrderedDict()
+        self.load_errors: dict[str, dict] = {}
         # The model watcher thread loads and unloads while tasks run.
         self._lock = threading.RLock()
 
@@ -70,31 +93,67 @@ class Engine:
         options.inter_op_num_threads = 1
         return options
 
-    def runner(self, name: str) -> Runner:
-        """The runner of model ``name``, loading it (and evicting others) if needed."""
+    def runner(self, name: str, recheck: bool = False) -> Runner:
+        """The runner of model ``name``, loading it (and evicting others) if needed.
+
+        Its files are compared with the loaded version at most once every ``FILES_CHECK_INTERVAL_S`` (always with
+        ``recheck``). When they changed the model is loaded again; if the new files do not load, the old session is
+        dropped too and the error raised: a job fails with it rather than run on a model that is gone.
+        """
         with self._lock:
-            if name in self._runners:
+            held = self._runners.get(name)
+            if held is not None:
                 self._runners.move_to_end(name)
-                return self._runners[name][0]
-        return self.load(self.repository.get(name))
+                if not recheck and time.monotonic() - held.checked_at < FILES_CHECK_INTERVAL_S:
+                    return held.runner
+        try:
+            model = self.repository.get(name)
+        except InfernoError:  # the directory or its config.json is gone or broken
+            self.unload(name)
+            raise
+        if held is not None:
+            version = model.version
+            if version == held.version:
+                held.checked_at = time.monotonic()
+                return held.runner
+            log.info("model %s changed on disk: loading it again", name)
+            self.unload(name)
+        return self.load(model)
 
     def load(self, model: ModelConfig) -> Runner:
-        """Load ``model`` now; raises :class:`ModelNotLoaded` with the reason when it cannot."""
+        """Load ``model`` now; raises :class:`ModelNotLoaded` with the reason when it cannot (and keeps that
+        reason in ``load_errors``)."""
+        try:
+            runner = self._build(model)
+        except InfernoError as exc:
+            self.load_errors[model.name] = {**exc.to_dict(), "at": time.time()}
+            raise
+        self.load_errors.pop(model.name, None)
+        return runner
+
+    def _build(self, model: ModelConfig) -> Runner:
         classes = runner_classes()
         if model.type not in classes:
             raise ModelNotLoaded(f"model {model.name!r} has unknown type {model.type!r}")
         if not model.onnx_path.is_file():
             raise ModelNotLoaded(f"model {model.name!r} has no file {model.onnx_path.name}")
-        runner = classes[model.type](model, self.providers, self.session_options())
-        size = model.size_bytes
+        version = model.version  # before reading the files: a change while loading is seen at the next check
+        try:
+            runner = classes[model.type](model, self.providers, self.session_options())
+        except InfernoError:
+            raise
+        except Exception as exc:  # onnxruntime and tokenizers raise their own types for a file they cannot read
+            raise ModelNotLoaded(f"model {model.name!r} failed to load: {type(exc).__name__}: {str(exc)[:300]}") \
+                from exc
         with self._lock:
-            self._runners[model.name] = (runner, size)
-            while len(self._runners) > 1 and sum(s for _, s in self._runners.values()) > self.memory_budget_bytes:
+            self._runners[model.name] = Loaded(runner, model.size_bytes, version, time.monotonic())
+            while len(self._runners) > 1 and sum(h.size for h in self._runners.values()) > self.memory_budget_bytes:
                 self._runners.popitem(last=False)
         return runner
 
     def unload(self, name: str) -> bool:
         """Drop model ``name``; True if it was loaded."""
+        self.load_errors.pop(name, None)
         with self._lock:
             return self._runners.pop(name, None) is not None
 

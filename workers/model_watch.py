@@ -91,13 +91,14 @@ class ModelWatcher:
                 name = name.decode() if isinstance(name, bytes) else name
                 action = json.loads(raw)["action"]
                 try:
-                    if action == "load" and name not in engine.loaded():
-                        engine.load(engine.repository.get(name))
+                    if action == "load":  # loads it, or again if its files changed since (Engine.runner)
+                        engine.runner(name, recheck=True)
                     elif action == "unload":
                         engine.unload(name)
                     applied = True
                 except InfernoError as exc:
                     log.warning("model %s: %s failed: %s", name, action, exc.message)
+            self.runtime.model_generation = generation  # reported: the API waits for it (api/models.py)
         self.runtime.report_loaded(self.worker)
         return applied
 

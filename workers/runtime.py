@@ -22,12 +22,14 @@ class Runtime:
         self._engine = None
         self._engine_config: EngineConfigReader | None = None
         self._reconciler = None
+        self.model_generation: int | None = None  # the model commands this process has applied (model_watch)
 
     def reset(self) -> None:
         """Forget connections and sessions (called in each new pool child)."""
         self._store = None
         self._engine = None
         self._engine_config = None
+        self.model_generation = None
 
     def restart_engine(self) -> None:
         """Drop this process's engine: the next job builds a new one with the current engine config (threads),
@@ -62,10 +64,13 @@ class Runtime:
         return self._engine
 
     def report_loaded(self, worker: str) -> None:
-        """Tell the API which models this process has loaded (``GET /models`` -> ``loaded``)."""
+        """Tell the API which models this process has loaded (``GET /models`` -> ``loaded``) and the last load
+        failure of each model that has one (``POST /models/<id>/load`` answers it)."""
         models = self._engine.loaded() if self._engine is not None else []
+        errors = dict(self._engine.load_errors) if self._engine is not None else {}
         self.store.redis.hset(self.store.keys.loaded_models(), worker,
-                              json.dumps({"models": models, "reported_at": now(), "pool": self.settings.worker_pool}))
+                              json.dumps({"models": models, "reported_at": now(), "pool": self.settings.worker_pool,
+                                          "load_errors": errors, "generation": self.model_generation}))
 
     def start_reconciler(self, celery, hostname: str | None) -> None:
         """Start the reconciler thread in the worker's main process."""

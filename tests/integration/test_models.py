@@ -71,3 +71,33 @@ def test_a_broken_model_gives_a_clear_error_never_a_hung_job(api, start_worker, 
     assert report["valid"] is False and report["error"]["code"] == "MODEL_NOT_LOADED"
     job = run(api, {"type": "predict", "model": "broken-it", "input": {"features": [[1, 2, 3, 4]]}}, 30)
     assert job["status"] == "failed" and job["error"]["code"] == "MODEL_NOT_LOADED"
+
+
+def test_a_load_after_the_file_changed_loads_it_again_and_a_broken_one_answers_503_with_the_reason(
+        api, start_worker, model_dir):
+    import shutil
+
+    swap = model_dir / "swap-it"
+    shutil.rmtree(swap, ignore_errors=True)
+    shutil.copytree(model_dir / "iris", swap)
+    row = {"type": "predict", "model": "swap-it", "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}}
+    try:
+        start_worker()
+        assert api.post("/models/swap-it/load").status_code == 200
+        (swap / "model.onnx").write_bytes(b"not the model any more")
+        r = api.post("/models/swap-it/load")
+        assert r.status_code == 503, r.get_json()
+        error = r.get_json()["error"]
+        assert error["code"] == "MODEL_NOT_LOADED" and "failed to load in worker" in error["message"]
+        assert error["details"]["worker"] and "failed to load" in error["details"]["error"]
+        # the old session is gone everywhere: a job fails with the reason, it does not run on the old file
+        assert wait_for(lambda: not {m["id"]: m for m in api.get("/models").get_json()["models"]}["swap-it"]
+                        ["loaded"], 15)
+        job = run(api, row, 30)
+        assert job["status"] == "failed" and job["error"]["code"] == "MODEL_NOT_LOADED"
+        shutil.copy(model_dir / "iris" / "model.onnx", swap / "model.onnx")
+        api.post("/models/swap-it/circuit/reset")  # the failures above may have opened its circuit breaker
+        assert api.post("/models/swap-it/load").status_code == 200
+        assert run(api, row)["result"]["labels"] == ["setosa"]
+    finally:
+        shutil.rmtree(swap, ignore_errors=True)

@@ -14,7 +14,7 @@ from inferno_jobs.engine_config import EngineConfig
 from inferno_jobs.job import JobStatus, JobType
 from inferno_jobs.keyspace import Keyspace
 from inferno_jobs.model import ModelRepository
-from inferno_jobs.resultcache import ResultCache, cache_key, canonical_input, model_version
+from inferno_jobs.resultcache import ResultCache, cache_key, canonical_input
 from workers.batching import BatchRunner
 
 IRIS = {"type": "predict", "model": "iris", "input": {"features": [[5.1, 3.5, 1.4, 0.2]]}}
@@ -93,13 +93,13 @@ def test_what_is_cacheable(job_type, data, cacheable):
 
 def test_the_model_version_changes_with_its_files(model_dir):
     model = ModelRepository(model_dir).get("iris")
-    before = model_version(model)
-    assert model_version(model) == before
+    before = model.version
+    assert model.version == before
     onnx = model.onnx_path
     stat = onnx.stat()
     os.utime(onnx, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     try:
-        assert model_version(model) != before
+        assert model.version != before
     finally:
         os.utime(onnx, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 

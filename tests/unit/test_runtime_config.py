@@ -249,7 +249,9 @@ def report_loaded(client, fake_redis, *models):
     from inferno_jobs.job import now
 
     keys = client.application.extensions["inferno"].store.keys
-    fake_redis.hset(keys.loaded_models(), "h:1", json.dumps({"models": list(models), "reported_at": now()}))
+    # A worker that applies each model command the moment it is made: its generation is past any command's.
+    fake_redis.hset(keys.loaded_models(), "h:1", json.dumps({"models": list(models), "reported_at": now(),
+                                                             "generation": 2 ** 31}))
 
 
 @pytest.mark.parametrize("path", ["iris", "iris/model.onnx", "ABS/iris", "ABS/iris/config.json"])

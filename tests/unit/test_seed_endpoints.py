@@ -16,7 +16,9 @@ from tests.unit.compat_fixtures import app_of, compat_models, inline  # noqa: F4
 
 def report_loaded(client, *models, worker="h:1"):
     svc = client.application.extensions["inferno"]
-    svc.redis.hset(svc.store.keys.loaded_models(), worker, json.dumps({"models": list(models), "reported_at": now()}))
+    # A worker that applies each model command the moment it is made: its generation is past any command's.
+    svc.redis.hset(svc.store.keys.loaded_models(), worker, json.dumps({"models": list(models), "reported_at": now(),
+                                                                       "generation": 2 ** 31}))
 
 
 def heartbeat(client, name, last_seen):
