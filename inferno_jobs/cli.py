@@ -64,15 +64,18 @@ def _redacted(url: str) -> str:
 class _Group(click.Group):
     """Reports every failure a user can act on as one ``error: ...`` line on stderr and exit status 1: an API
     error (``error: CODE: message details``), an API or Redis that cannot be reached, a file that cannot be
-    written. Usage errors stay click's (exit status 2)."""
+    written, a setting's environment variable holding a bad value. Usage errors stay click's (exit status 2)."""
 
     def invoke(self, ctx):
+        from inferno_jobs.config import SettingsError
         from inferno_jobs.errors import InfernoError
 
         try:
             return super().invoke(ctx)
         except InfernoError as exc:
             raise CommandError(error_line(exc)) from exc
+        except SettingsError as exc:  # a bad environment variable, named by the message
+            raise CommandError(str(exc)) from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise CommandError(f"cannot reach Redis at {_redacted(_settings().redis_url)}: {exc} "
                                "(check REDIS_URL)") from exc

@@ -13,8 +13,18 @@ from pathlib import Path
 from typing import Mapping
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """Raised when an environment variable holds a value its setting cannot take; the message names it."""
+
+
 def _bool(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    word = value.strip().lower()
+    if word not in _TRUE | _FALSE:
+        raise ValueError("not a boolean: use true or false (1/0, yes/no, on/off)")
+    return word in _TRUE
 
 
 def _list(value: str) -> tuple[str, ...]:
@@ -158,25 +168,29 @@ class Settings:
                 continue
             raw = env[name]
             default = f.default
-            if isinstance(default, bool):
-                values[f.name] = _bool(raw)
-            elif isinstance(default, float):
-                values[f.name] = float(raw)
-            elif isinstance(default, int):
-                values[f.name] = int(raw)
-            elif isinstance(default, Path):
-                values[f.name] = Path(raw)
-            elif isinstance(default, tuple):
-                values[f.name] = _list(raw)
-            else:
-                values[f.name] = raw
+            try:
+                if isinstance(default, bool):
+                    values[f.name] = _bool(raw)
+                elif isinstance(default, float):
+                    values[f.name] = float(raw)
+                elif isinstance(default, int):
+                    values[f.name] = int(raw)
+                elif isinstance(default, Path):
+                    values[f.name] = Path(raw)
+                elif isinstance(default, tuple):
+                    values[f.name] = _list(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError as exc:
+                kind = {bool: "true or false", float: "a number", int: "a whole number"}.get(type(default), "valid")
+                raise SettingsError(f"{name} must be {kind}, not {raw!r} ({exc})") from None
         values.update(overrides)
         settings = cls(**values)
         if settings.auth not in {"required", "disabled"}:
-            raise ValueError(f"INFERNO_AUTH must be 'required' or 'disabled', not {settings.auth!r}")
+            raise SettingsError(f"INFERNO_AUTH must be 'required' or 'disabled', not {settings.auth!r}")
         if settings.engine_enable_quantization:
-            raise ValueError("ENGINE_ENABLE_QUANTIZATION is not supported: export a quantized model into MODEL_DIR "
-                             "(docs/configuration.md#runtime-configuration)")
+            raise SettingsError("ENGINE_ENABLE_QUANTIZATION is not supported: export a quantized model into "
+                                "MODEL_DIR (docs/configuration.md#runtime-configuration)")
         return settings
 
     def env(self) -> dict[str, str]:

@@ -224,3 +224,10 @@ def test_flowers_command_line_holds_no_secret(monkeypatch):
     open_argv, open_env = flower_command(settings, 5999)
     assert "FLOWER_BASIC_AUTH" not in open_env and open_env["FLOWER_UNAUTHENTICATED_API"] == "true"
     assert open_argv == argv
+
+
+def test_a_bad_setting_is_one_error_line_naming_its_variable():
+    code, out, err = run("keys", "list", env={"INFERNO_LEASE_S": "abc"})
+    assert code == 1 and out == ""
+    assert err.strip() == "error: INFERNO_LEASE_S must be a whole number, not 'abc' (invalid literal for int() " \
+                          "with base 10: 'abc')"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from inferno_jobs.config import SETTING_NAMES, Settings
+from inferno_jobs.config import SETTING_NAMES, Settings, SettingsError
 
 
 def test_defaults():
@@ -27,6 +27,24 @@ def test_contract_names_are_read():
 def test_bad_auth_value_is_refused():
     with pytest.raises(ValueError):
         Settings.from_env({"INFERNO_AUTH": "maybe"})
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"INFERNO_LEASE_S": "abc"}, "INFERNO_LEASE_S must be a whole number, not 'abc'"),
+    ({"INFERNO_LEASE_S": "2.5"}, "INFERNO_LEASE_S must be a whole number, not '2.5'"),
+    ({"ENGINE_BATCH_TIMEOUT": "soon"}, "ENGINE_BATCH_TIMEOUT must be a number, not 'soon'"),
+    ({"ENGINE_ENABLE_CACHE": "enabled"}, "ENGINE_ENABLE_CACHE must be true or false, not 'enabled'"),
+])
+def test_a_bad_value_names_its_variable(env, words):
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(env)
+    assert str(refused.value).startswith(words)
+
+
+@pytest.mark.parametrize("raw, value", [("true", True), ("On", True), ("1", True), ("yes", True),
+                                        ("false", False), ("0", False), ("off", False), ("", False)])
+def test_booleans_read_the_usual_words(raw, value):
+    assert Settings.from_env({"ENGINE_ENABLE_CACHE": raw}).engine_enable_cache is value
 
 
 def test_env_round_trip():
