@@ -449,7 +449,14 @@ def models_list() -> None:
     """List the models in MODEL_DIR."""
     from inferno_jobs.model import ModelRepository
 
-    for model in ModelRepository(_settings().model_dir).all():
+    root = _settings().model_dir
+    if not root.is_dir():
+        raise CommandError(f"MODEL_DIR {str(root)!r} is not a directory (build the demo models with "
+                           "`inferno-jobs models build-demo`, or set MODEL_DIR)")
+    models = ModelRepository(root).all()
+    if not models:
+        click.echo(f"no models in {root} (`inferno-jobs models build-demo` builds the demo ones)", err=True)
+    for model in models:
         click.echo(f"{model.name:12} {model.type:11} {model.device:4} max_batch={model.max_batch_size}")
 
 

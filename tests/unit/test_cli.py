@@ -231,3 +231,10 @@ def test_a_bad_setting_is_one_error_line_naming_its_variable():
     assert code == 1 and out == ""
     assert err.strip() == "error: INFERNO_LEASE_S must be a whole number, not 'abc' (invalid literal for int() " \
                           "with base 10: 'abc')"
+
+
+def test_models_list_says_when_model_dir_is_missing_or_empty(tmp_path):
+    code, out, err = run("models", "list", env={"MODEL_DIR": str(tmp_path / "nowhere")})
+    assert code == 1 and out == "" and err.startswith(f"error: MODEL_DIR '{tmp_path / 'nowhere'}' is not a directory")
+    code, out, err = run("models", "list", env={"MODEL_DIR": str(tmp_path)})
+    assert code == 0 and out == "" and err.startswith(f"no models in {tmp_path}")
