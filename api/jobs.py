@@ -89,9 +89,10 @@ def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: 
         job, created = result_cache.create(job, model, idempotency, publish=_message_of, guard=capacity.guard)
     except atomic.Refused as refused:
         capacity.refuse(refused.reply)
-    except redis.exceptions.TimeoutError as exc:
-        # Redis may have run the transaction and only its answer was lost: the client is told the id to look for
-        # (GET /jobs/<id>: 404 means it was not stored) rather than "not accepted", which a retry would duplicate.
+    except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError) as exc:
+        # Redis may have run the transaction and only its answer was lost (a timeout, or a connection dropped while
+        # reading it): the client is told the id to look for (GET /jobs/<id>: 404 means it was not stored) rather
+        # than "not accepted", which a retry would duplicate.
         raise StoreUnavailable.of(exc, details={"job_id": job.id},
                                   what=f"; job {job.id} may have been stored: GET /jobs/{job.id} tells (404: it "
                                        "was not), or retry with an Idempotency-Key") from exc

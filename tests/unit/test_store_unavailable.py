@@ -90,9 +90,11 @@ def test_a_socket_closing_with_redis_unreachable_leaves_its_jobs_to_run_and_stil
     assert app.extensions["inferno"].store.get(job_id).status.value == "queued"  # not lost: a worker runs it
 
 
-def test_a_submit_whose_answer_timed_out_names_the_job_it_may_have_stored(client, monkeypatch):
+@pytest.mark.parametrize("lost", [redis.exceptions.TimeoutError("Timeout reading from socket"),
+                                  redis.exceptions.ConnectionError("Connection closed by server.")])
+def test_a_submit_whose_answer_was_lost_names_the_job_it_may_have_stored(client, monkeypatch, lost):
     def timed_out(*args, **kwargs):
-        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+        raise lost
     monkeypatch.setattr(result_cache, "create", timed_out)
     r = client.post("/jobs", json=IRIS)
     assert r.status_code == 503
