@@ -164,3 +164,40 @@ def test_files_list_order_and_expiry(server):
     with pytest.raises(openai.BadRequestError) as bogus:
         client.files.list(order="bogus")
     assert bogus.value.body["param"] == "order"
+
+
+def test_logprobs_parse_into_the_clients_typed_objects(server, start_worker, tinygpt_dir):
+    client = openai.OpenAI(base_url=server().url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    start_worker()
+    messages = [{"role": "user", "content": "Tell me a fable."}]
+    params = {"model": "tiny-gpt", "messages": messages, "max_tokens": 12, "temperature": 0.8, "seed": 11}
+    chat = client.chat.completions.create(**params, logprobs=True, top_logprobs=3)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens and content[0].top_logprobs[0].token
+    for entry in content:
+        assert isinstance(entry.logprob, float) and entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        ranked = [alt.logprob for alt in entry.top_logprobs]
+        assert ranked == sorted(ranked, reverse=True) and entry.logprob <= ranked[0]
+    assert bytes(b for e in content for b in e.bytes).decode() == chat.choices[0].message.content
+    # asking for them changes no text; not asking answers null
+    plain = client.chat.completions.create(**params)
+    assert plain.choices[0].message.content == chat.choices[0].message.content
+    assert plain.choices[0].logprobs is None
+
+    # Streaming: each chunk carries the entries of its own delta.
+    chunks = list(client.chat.completions.create(**params, logprobs=True, top_logprobs=1, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+        plain.choices[0].message.content
+
+    completion = client.completions.create(model="tiny-gpt", prompt="The fox", max_tokens=8, temperature=0,
+                                           logprobs=2)
+    legacy, text = completion.choices[0].logprobs, completion.choices[0].text
+    assert len(legacy.tokens) == len(legacy.token_logprobs) == completion.usage.completion_tokens
+    for token, logprob, top, offset in zip(legacy.tokens, legacy.token_logprobs, legacy.top_logprobs,
+                                           legacy.text_offset):
+        assert top[token] == logprob and max(top.values()) == logprob  # greedy: the chosen token is the top one
+        assert 2 <= len(top) <= 3
+        # each token is at its offset in the text; a special one (a chat tag) is listed where decoding left it out
+        assert text.startswith(token, offset) or token in ("<|system|>", "<|user|>", "<|assistant|>")
