@@ -129,6 +129,7 @@ class ModelRepository:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._cache: dict[str, tuple[int, ModelConfig, str]] = {}  # name -> (mtime, config, config file)
+        self._reported: set[tuple[str, str]] = set()  # broken configs already logged: (name, problem)
 
     def get(self, name: str) -> ModelConfig:
         """The model called ``name``; raises :class:`ModelNotFound`."""
@@ -160,5 +161,7 @@ class ModelRepository:
             try:
                 out.append(self.get(name))
             except ModelNotFound as exc:
-                log.warning("model left out of the listing", extra={"model": name, "error": exc.message})
+                if (name, exc.message) not in self._reported:  # once per problem, not once per listing
+                    self._reported.add((name, exc.message))
+                    log.warning("model left out of the listing", extra={"model": name, "error": exc.message})
         return out
