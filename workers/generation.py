@@ -175,16 +175,16 @@ class GenerationRunner(Runner):
 
         def emit(upto: int) -> None:
             nonlocal emitted, calls
-            piece = decoder.text[emitted:upto]
-            emitted = max(emitted, upto)
-            if logprobs is not None:
+            if on_token is not None and logprobs is None and upto > emitted:
+                on_token(decoder.text[emitted:upto], calls)
+                calls += 1
+            elif on_token is not None and logprobs is not None:
+                piece = decoder.text[emitted:upto]
                 completed = logprobs.emitted(piece)
-                if on_token is not None and (piece or completed):
+                if piece or completed:
                     on_token(piece, calls, logprobs=completed)
                     calls += 1
-            elif on_token is not None and piece:
-                on_token(piece, calls)
-                calls += 1
+            emitted = max(emitted, upto)
 
         while generated < budget:
             if should_stop is not None and should_stop():
