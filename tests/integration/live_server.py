@@ -69,9 +69,9 @@ import workers.streaming as streaming
 _publish = streaming.JobStream.on_token
 
 
-def on_token(self, piece, index):
+def on_token(self, piece, index, **kwargs):  # kwargs: logprobs, when the job asked for them
     time.sleep(0.02)
-    _publish(self, piece, index)
+    _publish(self, piece, index, **kwargs)
 
 
 streaming.JobStream.on_token = on_token
