@@ -42,6 +42,27 @@ from inferno_jobs.schemas import INPUT_SCHEMAS, GenerationParams, shared
 FORMATS = ("jsonl", "txt", "csv")
 MAX_CUSTOM_ID_CHARS = 256
 
+# The top-level "custom_id" of a JSON line too long to parse, found in its first bytes when only plain members
+# (strings, numbers, true/false/null) come before it, as OpenAI batch lines have custom_id, method and url before
+# their body: the line's error then names the request its author gave it.
+_JSON_STRING = rb'"(?:[^"\\]|\\.)*"'
+_LEADING_CUSTOM_ID = re.compile(
+    rb'\s*\{\s*(?:' + _JSON_STRING + rb'\s*:\s*(?:' + _JSON_STRING + rb'|[-+.\w]+)\s*,\s*)*'
+    rb'"custom_id"\s*:\s*(' + _JSON_STRING + rb')')
+_CUSTOM_ID_SEARCH_BYTES = 4096
+
+
+def _leading_custom_id(raw: bytes) -> str | None:
+    """The custom_id a long JSON line starts with, or None."""
+    found = _LEADING_CUSTOM_ID.match(raw[:_CUSTOM_ID_SEARCH_BYTES])
+    if found is None:
+        return None
+    try:
+        value = codec.parse(found.group(1).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_CUSTOM_ID_CHARS else None
+
 # OpenAI batch line ``url`` -> the job type it runs as.
 OPENAI_ENDPOINTS = ENDPOINTS
 
@@ -319,7 +340,7 @@ class Reader:
             if not raw.strip():
                 continue
             if len(raw) > self.limits.max_line_bytes:
-                yield Line(number, f"line-{number}", error={
+                yield Line(number, (fmt != "txt" and _leading_custom_id(raw)) or f"line-{number}", error={
                     "code": "PAYLOAD_TOO_LARGE",
                     "message": f"the line is {len(raw):,} bytes; the limit is {self.limits.max_line_bytes:,} "
                                "(INFERNO_BATCH_MAX_LINE_BYTES)"})

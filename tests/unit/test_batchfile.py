@@ -308,3 +308,20 @@ def test_openai_batch_lines_ask_for_logprobs_and_their_output_bodies_carry_them(
     plain = openai_body({"text": "x", "finish_reason": "stop", "usage": usage}, model="m", response_id="y",
                         created=1)
     assert plain["choices"][0]["logprobs"] is None
+
+
+def test_a_huge_line_keeps_the_custom_id_it_starts_with():
+    long_body = {"model": "tiny-gpt", "messages": [{"role": "user", "content": "x" * 10_000}]}
+    data = jsonl(
+        {"custom_id": "req-\u00e9 1", "method": "POST", "url": "/v1/chat/completions", "body": long_body},
+        {"method": "POST", "url": "/v1/chat/completions", "custom_id": "after-plain-members", "body": long_body},
+        {"body": long_body, "custom_id": "after-the-body"},  # only plain members are skipped over
+        {"prompt": "x" * 10_000, "metadata": {"custom_id": "nested"}},
+        {"custom_id": "ok", "prompt": "fine"},
+    )
+    lines = by_line(reader().file(data, "p.jsonl"))
+    assert [lines[n].custom_id for n in (1, 2, 3, 4)] == ["req-\u00e9 1", "after-plain-members", "line-3", "line-4"]
+    assert all(lines[n].error["code"] == "PAYLOAD_TOO_LARGE" for n in (1, 2, 3, 4))
+    assert lines[5].ok and lines[5].custom_id == "ok"
+    escaped = b'{"custom_id": "a\\"b", "prompt": "' + b"x" * 10_000 + b'"}\n'
+    assert by_line(reader().file(escaped, "p.jsonl"))[1].custom_id == 'a"b'
