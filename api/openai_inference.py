@@ -8,11 +8,9 @@ name. The response ``id`` is the job id, so a call that answered 504 can be read
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import time
 
-import numpy as np
 from flask import Blueprint, jsonify
 
 from api.body import json_body
@@ -26,6 +24,7 @@ from api.sync_jobs import (KEEPALIVE, find_model, job_error, result_of, sse, sse
 from inferno_jobs.errors import Conflict, InvalidRequest, JobNotFound
 from inferno_jobs.job import Job, JobStatus, JobType
 from inferno_jobs.openai_request import ChatRequest, CompletionRequest, EmbeddingRequest, job_input, sampling
+from inferno_jobs.vectors import to_base64
 
 # No url_prefix: chat and completions have a second, unversioned rule.
 bp = Blueprint("openai_inference", __name__)
@@ -207,11 +206,10 @@ def embeddings():
     })
 
 
-def encode_embedding(vector: list[float], encoding_format: str):
-    """A vector as a list of floats, or as base64 of its little-endian float32 bytes (OpenAI's ``base64``)."""
-    if encoding_format == "base64":
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
-    return vector
+def encode_embedding(vector, encoding_format: str):
+    """A vector as a list of floats, or as base64 of its little-endian float32 bytes (OpenAI's ``base64``). A job
+    that asked the worker for base64 holds the text already (a string passes through)."""
+    return to_base64(vector) if encoding_format == "base64" and not isinstance(vector, str) else vector
 
 
 # -- models ------------------------------------------------------------------------------------------------------

@@ -295,8 +295,6 @@ class Reader:
             raise LineError(_body_errors(exc.messages)) from None
         if loaded.get("stream"):
             raise LineError("body.stream=true is not supported: a batch line's result is stored, not streamed")
-        if loaded.get("encoding_format", "float") != "float":
-            raise LineError("body.encoding_format must be float: batch results store the vectors as numbers")
         return model, {**self.params, **job_input(job_type, loaded)}, job_type
 
     def _validate(self, data: dict, job_type: JobType) -> None:

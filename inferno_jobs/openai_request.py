@@ -17,8 +17,8 @@ from __future__ import annotations
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from inferno_jobs.job import JobType
-from inferno_jobs.schemas import (MAX_CHOICES, MAX_EMBEDDING_CHARS, MAX_EMBEDDING_ITEMS, MAX_MAX_TOKENS, MAX_PROMPTS,
-                                   MAX_TOP_LOGPROBS)
+from inferno_jobs.schemas import (ENCODING_FORMATS, MAX_CHOICES, MAX_EMBEDDING_CHARS, MAX_EMBEDDING_ITEMS,
+                                   MAX_MAX_TOKENS, MAX_PROMPTS, MAX_TOP_LOGPROBS)
 
 # An OpenAI endpoint -> the job type its requests run as.
 ENDPOINTS = {
@@ -225,7 +225,7 @@ class EmbeddingRequest(NullIsDefault):
                           validate=validate.Length(min=1, error="model is required"))
     input = fields.Raw(required=True, error_messages=required_messages("input"))
     encoding_format = fields.String(load_default="float", validate=validate.OneOf(
-        ["float", "base64"], error="encoding_format must be float or base64"))
+        ENCODING_FORMATS, error="encoding_format must be float or base64"))
     dimensions = fields.Integer(allow_none=True, strict=True, validate=validate.Range(
         min=1, error="dimensions must be >= 1"))
     user = fields.String(allow_none=True)
@@ -281,6 +281,8 @@ def job_input(job_type: JobType, data: dict) -> dict:
         out = {"input": data["input"]}
         if data.get("dimensions") is not None:
             out["dimensions"] = data["dimensions"]
+        if data.get("encoding_format") == "base64":  # the worker encodes: a smaller result, stored and sent
+            out["encoding_format"] = "base64"
         return out
     if job_type is JobType.CHAT:
         return {"messages": [{"role": m["role"], "content": m["content"]} for m in data["messages"]],

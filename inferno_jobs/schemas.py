@@ -13,6 +13,7 @@ MAX_EMBEDDING_CHARS = 8000
 MAX_EMBEDDING_ITEMS = 2048
 MAX_MAX_TOKENS = 2_000_000
 MAX_PROMPTS = 16  # prompts in one completion input (OpenAI's limit for a list ``prompt``)
+ENCODING_FORMATS = ("float", "base64")  # embeddings: numbers, or base64 of their float32 bytes (vectors.py)
 MAX_CHOICES = 128  # choices in one generation input, ``n`` times its prompts (OpenAI's limit for ``n``)
 MAX_TOP_LOGPROBS = 20  # most likely alternatives per generated token (OpenAI's limit for ``top_logprobs``)
 WEBHOOK_EVENTS = sorted(EVENT_FOR_STATUS.values())
@@ -114,6 +115,8 @@ class EmbeddingInput(StrictSchema):
 
     input = fields.Raw(required=True)
     dimensions = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))  # the model's own only
+    # float (default): lists of numbers; base64: each vector as base64 of its little-endian float32 bytes
+    encoding_format = fields.String(validate=validate.OneOf(ENCODING_FORMATS))
 
     @validates_schema
     def _input(self, data, **kwargs):

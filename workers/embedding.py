@@ -12,6 +12,7 @@ import numpy as np
 
 from inferno_jobs import codec
 from inferno_jobs.errors import InfernoError, InvalidRequest
+from inferno_jobs.vectors import to_base64
 from workers.runner import Runner
 from workers.tokenizer import load_tokenizer
 
@@ -132,7 +133,11 @@ class EmbeddingRunner(Runner):
                                               "supported", details={"field": "dimensions"}))
                 continue
             tokens = sum(lengths[offset - n:offset])
-            results.append({"embeddings": rows[offset - n:offset], "dim": dim,
+            if item.get("encoding_format") == "base64":
+                embeddings = [to_base64(v) for v in vectors[offset - n:offset]]
+            else:
+                embeddings = rows[offset - n:offset]
+            results.append({"embeddings": embeddings, "dim": dim,
                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
         return results
 

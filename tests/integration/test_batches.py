@@ -18,6 +18,7 @@ import pytest
 
 from inferno_jobs.apikey import KeyRing
 from inferno_jobs.demo.tabular import reference
+from inferno_jobs.vectors import from_base64
 from tests.integration.live_server import LiveServer
 from tests.conftest import ROOT, wait_for
 from tests.slow_model import build_slow_model
@@ -127,6 +128,8 @@ def test_the_openai_client_and_the_cli_against_a_real_server(live_settings, live
                   "body": {"model": "minilm", "input": text}} for i, text in enumerate(texts)]
         lines.append({"custom_id": "too-long", "method": "POST", "url": "/v1/embeddings",
                       "body": {"model": "minilm", "input": "x" * 9000}})
+        lines.append({"custom_id": "emb-b64", "method": "POST", "url": "/v1/embeddings",
+                      "body": {"model": "minilm", "input": texts[0], "encoding_format": "base64"}})
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
         file = client.files.create(file=("requests.jsonl", ("\n".join(json.dumps(l) for l in lines)).encode()),
                                    purpose="batch")
@@ -137,13 +140,17 @@ def test_the_openai_client_and_the_cli_against_a_real_server(live_settings, live
         assert batch.status in ("validating", "in_progress", "completed")
         batch = wait_for(lambda: (b := client.batches.retrieve(batch.id)).status in ("completed", "failed") and b, 60)
         assert batch.status == "completed"
-        assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (41, 40, 1)
+        assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (42, 41, 1)
         output = [json.loads(l) for l in client.files.content(batch.output_file_id).text.splitlines()]
-        assert [o["custom_id"] for o in output] == [f"emb-{i}" for i in range(40)]
+        assert [o["custom_id"] for o in output] == [f"emb-{i}" for i in range(40)] + ["emb-b64"]
+        encoded = output[-1]["response"]["body"]["data"][0]["embedding"]  # base64 of the same float32 vector
+        np.testing.assert_array_equal(from_base64(encoded), np.asarray(output[0]["response"]["body"]["data"][0]
+                                                                       ["embedding"], dtype=np.float32))
         # the batch's usage is the sum of its lines' usage (the line that failed counts nothing)
         line_tokens = sum(o["response"]["body"]["usage"]["prompt_tokens"] for o in output)
         assert line_tokens > 40 and batch.usage.input_tokens == line_tokens == batch.usage.total_tokens
         assert batch.usage.output_tokens == 0 and batch.usage.input_tokens_details.cached_tokens == 0
+        output = output[:-1]
         body = output[0]["response"]["body"]
         assert output[0]["response"]["status_code"] == 200 and body["object"] == "list" and body["model"] == "minilm"
         vector = np.asarray(body["data"][0]["embedding"])

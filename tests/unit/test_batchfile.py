@@ -325,3 +325,16 @@ def test_a_huge_line_keeps_the_custom_id_it_starts_with():
     assert lines[5].ok and lines[5].custom_id == "ok"
     escaped = b'{"custom_id": "a\\"b", "prompt": "' + b"x" * 10_000 + b'"}\n'
     assert by_line(reader().file(escaped, "p.jsonl"))[1].custom_id == 'a"b'
+
+
+def test_embedding_lines_may_ask_for_base64_vectors():
+    data = jsonl({"custom_id": "b", "method": "POST", "url": "/v1/embeddings",
+                  "body": {"model": "minilm", "input": "a", "encoding_format": "base64"}},
+                 {"custom_id": "f", "method": "POST", "url": "/v1/embeddings",
+                  "body": {"model": "minilm", "input": "a", "encoding_format": "float"}},
+                 {"custom_id": "h", "method": "POST", "url": "/v1/embeddings",
+                  "body": {"model": "minilm", "input": "a", "encoding_format": "hex"}})
+    lines = reader(JobType.EMBEDDING).file(data).lines
+    assert lines[0].input == {"input": ["a"], "encoding_format": "base64"}  # the worker encodes
+    assert lines[1].input == {"input": ["a"]}
+    assert "encoding_format must be float or base64" in lines[2].error["message"]

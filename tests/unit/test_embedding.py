@@ -12,6 +12,7 @@ import pytest
 from inferno_jobs import codec
 from inferno_jobs.errors import InvalidRequest
 from inferno_jobs.model import ModelConfig
+from inferno_jobs.vectors import from_base64
 from workers.embedding import EmbeddingRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the model hub, even by accident
@@ -114,3 +115,13 @@ def test_dimensions_other_than_the_models_fail_their_job_alone(runner):
     good, bad = runner.run_batch([{"input": "a", "dimensions": 384}, {"input": "b", "dimensions": 256}])
     assert good["dim"] == 384 and len(good["embeddings"][0]) == 384
     assert isinstance(bad, InvalidRequest) and "the model's own (384)" in bad.message
+
+
+def test_base64_is_each_vectors_float32_bytes_and_its_neighbours_keep_their_format(runner):
+    texts = ["A man is playing a guitar.", "The stock market fell today."]
+    floats, encoded = runner.run_batch([{"input": texts}, {"input": texts, "encoding_format": "base64"}])
+    assert all(isinstance(v, str) for v in encoded["embeddings"])
+    decoded = [from_base64(v) for v in encoded["embeddings"]]
+    assert [d.dtype for d in decoded] == [np.dtype("<f4")] * 2
+    np.testing.assert_array_equal(decoded, np.asarray(floats["embeddings"], dtype=np.float32))  # bit for bit
+    assert encoded["usage"] == floats["usage"] and encoded["dim"] == 384
