@@ -229,9 +229,10 @@ class BatchRunner:
         """``(status, result, error)`` for one job's outcome."""
         if isinstance(outcome, Timeout):
             return JobStatus.TIMED_OUT, None, outcome.to_dict()
-        if isinstance(outcome, InfernoError):
-            return JobStatus.FAILED, None, outcome.to_dict()
+        # Past its deadline a run is timed out whatever it answered: a failure then may be the time limit's doing.
         if job.deadline is not None and now() > job.deadline:
             return JobStatus.TIMED_OUT, None, {"code": "TIMEOUT",
                                                "message": f"run took longer than timeout_s={job.timeout_s}"}
+        if isinstance(outcome, InfernoError):
+            return JobStatus.FAILED, None, outcome.to_dict()
         return JobStatus.SUCCEEDED, outcome, None

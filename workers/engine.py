@@ -19,7 +19,7 @@ from inferno_jobs.config import Settings
 from inferno_jobs.engine_config import EngineConfig
 from inferno_jobs.errors import InfernoError, ModelNotLoaded
 from inferno_jobs.model import ModelConfig, ModelRepository
-from workers.runner import Runner
+from workers.runner import ABORTS, Runner
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Engine:
         version = model.version  # before reading the files: a change while loading is seen at the next check
         try:
             runner = classes[model.type](model, self.providers, self.session_options())
-        except InfernoError:
+        except (InfernoError, *ABORTS):
             raise
         except Exception as exc:  # onnxruntime and tokenizers raise their own types for a file they cannot read
             raise ModelNotLoaded(f"model {model.name!r} failed to load: {type(exc).__name__}: {str(exc)[:300]}") \
@@ -182,5 +182,7 @@ class Engine:
         runner = self.runner(name)
         try:
             return runner.run_batch(inputs)
+        except ABORTS:
+            raise  # the run's time is up: no second try input by input
         except Exception:
             return runner.run_each(inputs)

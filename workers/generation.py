@@ -27,7 +27,7 @@ import numpy as np
 
 from inferno_jobs.errors import ContextLengthExceeded, InfernoError, InferenceFailed, InvalidRequest
 from inferno_jobs.schemas import MAX_CHOICES, MAX_TOP_LOGPROBS
-from workers.runner import Runner
+from workers.runner import ABORTS, Runner
 from workers.sampling import Sampler, SamplingParams, log_softmax, most_likely
 from workers.tokenizer import (IncrementalDecoder, TokenBytes, chat_template_of, check_messages, load_tokenizer,
                                render_chat)
@@ -195,6 +195,8 @@ class GenerationRunner(Runner):
                     logits, past = self._forward(pending, len(ids), past)
                 else:
                     logits, _ = self._forward(ids, len(ids), None)
+            except ABORTS:
+                raise
             except Exception as exc:  # onnxruntime raises its own exception types for a bad run
                 raise InferenceFailed(f"inference failed: {exc}") from exc
             raw = logits  # what logprobs reports: before the mask below and every processor
@@ -240,6 +242,8 @@ class GenerationRunner(Runner):
                 results.append(self._generate_choices(item) if _has_choices(item) else self.generate(item))
             except InfernoError as exc:
                 results.append(exc)
+            except ABORTS:
+                raise  # the run's time is up: the rest of the micro-batch does not go on
             except Exception as exc:  # never let one job's surprise sink the rest of the micro-batch
                 results.append(InferenceFailed(f"inference failed: {exc}"))
         return results

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import onnxruntime as ort
+from billiard.exceptions import SoftTimeLimitExceeded
 
 from inferno_jobs.errors import InfernoError, InferenceFailed, ModelNotLoaded
 from inferno_jobs.model import ModelConfig
+
+# What ends a whole run instead of failing one input: the task's soft time limit (``timeout_s``), raised into the
+# running code by the Celery pool (billiard's class, so runners stay free of Celery). Every catch-all that turns an
+# input's surprise into its own error lets these through, so the job ends ``timed_out`` and nothing runs on.
+ABORTS: tuple[type[BaseException], ...] = (SoftTimeLimitExceeded,)
 
 
 class Runner:
@@ -42,6 +48,8 @@ class Runner:
                 out.extend(self.run_batch([item]))
             except InfernoError as exc:
                 out.append(exc)
+            except ABORTS:
+                raise
             except Exception as exc:  # a failing input fails its own job only
                 out.append(InferenceFailed(f"inference failed: {exc}"))
         return out

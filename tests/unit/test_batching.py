@@ -166,3 +166,33 @@ def test_the_model_repository_sees_changed_and_removed_models(tmp_path):
     config.unlink()
     with pytest.raises(ModelNotFound):
         repo.get("m")
+
+
+def test_the_soft_time_limit_ends_the_whole_run_timed_out_never_failed_or_retried_input_by_input(store, settings):
+    """Celery raises SoftTimeLimitExceeded into the run when timeout_s passes; no runner's catch-all may turn it into
+    one input's failure (INFERENCE_FAILED) or start the inputs again one by one."""
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    engine = Engine(settings)
+    tabular = engine.runner("iris")
+    calls = []
+
+    def out_of_time(inputs):
+        calls.append(len(inputs))
+        raise SoftTimeLimitExceeded()
+    tabular.run_batch = out_of_time
+    jobs = [new(store, [[5.1, 3.5, 1.4, 0.2]]) for _ in range(3)]
+    batch = BatchRunner(store, engine.run, model_config=ModelRepository(settings.model_dir).get,
+                        timeout_errors=(SoftTimeLimitExceeded,))
+    finished = batch.run(jobs[0].id)
+    assert calls == [3]  # not once more per input
+    assert [j.status for j in finished] == [JobStatus.TIMED_OUT] * 3
+    assert store.get(jobs[1].id).error["code"] == "TIMEOUT"
+
+
+def test_a_run_past_its_deadline_is_timed_out_whatever_it_answered():
+    job = Job.create(type=JobType.PREDICT, model="iris", tenant="t", input={"features": [[1, 2, 3, 4]]},
+                     priority=Priority.NORMAL, timeout_s=1)
+    job.status, job.started_at = JobStatus.RUNNING, 1.0  # started long ago: its deadline passed
+    status, _, error = BatchRunner.ending(job, InvalidRequest("a failure the time limit may have caused"))
+    assert status is JobStatus.TIMED_OUT and error["code"] == "TIMEOUT"

@@ -346,3 +346,18 @@ def test_token_bytes_of_partial_characters_and_special_tokens(runner):
     assert partial and all(token.startswith("bytes:\\x") for token in partial)  # OpenAI's spelling
     assert runner.token_bytes.of(runner.eos_id) == ("<|endoftext|>", None)  # decoding leaves it out of the text
     assert runner.token_bytes.of(runner.tokenizer.token_to_id("Ġupon")) == (" upon", b" upon")
+
+
+def test_the_soft_time_limit_ends_the_micro_batch_instead_of_failing_one_input(tinygpt_dir, monkeypatch):
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    timed = make_runner(tinygpt_dir)
+    calls = []
+
+    def out_of_time(*args, **kwargs):
+        calls.append(1)
+        raise SoftTimeLimitExceeded()
+    monkeypatch.setattr(timed, "_forward", out_of_time)
+    with pytest.raises(SoftTimeLimitExceeded):
+        timed.run_batch([{"prompt": PROMPT}, {"prompt": PROMPT}])
+    assert calls == [1]  # the second input never started
