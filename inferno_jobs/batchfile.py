@@ -332,7 +332,7 @@ class Reader:
         return ParsedFile("json", [self.request(i, item) for i, item in enumerate(items, start=1)])
 
     def _lines(self, data: bytes, fmt: str) -> Iterable[Line]:
-        raws = data.split(b"\n")
+        raws = data.splitlines()  # bytes: breaks at \n, \r\n and \r only (module docstring)
         _check_count(sum(1 for raw in raws if raw.strip()), self.limits)
         for number, raw in enumerate(raws, start=1):
             if not raw.strip():

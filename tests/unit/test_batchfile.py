@@ -338,3 +338,11 @@ def test_embedding_lines_may_ask_for_base64_vectors():
     assert lines[0].input == {"input": ["a"], "encoding_format": "base64"}  # the worker encodes
     assert lines[1].input == {"input": ["a"]}
     assert "encoding_format must be float or base64" in lines[2].error["message"]
+
+
+def test_a_lone_carriage_return_ends_a_line_as_the_docs_say():
+    data = b'{"prompt": "a"}\r{"prompt": "b"}\r\n{"prompt": "c"}\n\r{"prompt": "d"}'
+    lines = reader().file(data, "p.jsonl").lines
+    assert [(l.line, l.input["prompt"]) for l in lines] == [(1, "a"), (2, "b"), (3, "c"), (5, "d")]
+    txt = reader().file(b"one\rtwo\r\nthree", "p.txt").lines
+    assert [l.input["prompt"] for l in txt] == ["one", "two", "three"]
