@@ -31,6 +31,7 @@ import redis
 import requests
 
 from inferno_jobs.apikey import KeyRing
+from inferno_jobs.attempt_deadline import deadline
 from inferno_jobs.batchstore import batch_target
 from inferno_jobs.client import retry_after_s  # the one Retry-After parser (the API client reads it too)
 from inferno_jobs.config import Settings
@@ -267,6 +268,7 @@ class Deliverer:
                  "event_timestamp": event["timestamp"]}
         retry_after = None
         final = False
+        window = None  # the attempt's deadline
         start = time.monotonic()
         try:
             secrets = self.keyring.webhook_secrets(target.tenant)
@@ -277,8 +279,11 @@ class Deliverer:
                                  lambda: payload(event["type"], event["timestamp"], target.data), target.retention_s)
             headers = sign_headers(secrets, event["id"], int(started_at), body)
             headers["user-agent"] = USER_AGENT
-            with self._session().post(target.url, data=body.encode(), headers=headers, stream=True,
-                                      timeout=self.settings.webhook_timeout_s, allow_redirects=False) as response:
+            timeout_s = self.settings.webhook_timeout_s
+            # requests' timeout bounds each socket operation; the deadline bounds the whole attempt.
+            with deadline(timeout_s) as window, \
+                    self._session().post(target.url, data=body.encode(), headers=headers, stream=True,
+                                         timeout=timeout_s, allow_redirects=False) as response:
                 entry["status_code"] = code = response.status_code
                 if 300 <= code < 400:
                     entry["error"] = f"HTTP {code}: redirects are not followed (Location: " \
@@ -295,7 +300,10 @@ class Deliverer:
         except requests.Timeout:
             entry["error"] = f"timed out after {self.settings.webhook_timeout_s} s"
         except requests.RequestException as exc:
-            entry["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            if window is not None and window.expired:  # the deadline shut the socket down
+                entry["error"] = f"timed out after {self.settings.webhook_timeout_s} s"
+            else:
+                entry["error"] = f"{type(exc).__name__}: {exc}"[:500]
         entry["duration_ms"] = round((time.monotonic() - start) * 1000, 1)
 
         if entry["error"] is None:

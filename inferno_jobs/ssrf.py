@@ -21,6 +21,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import connection as urllib3_connection
 
+from inferno_jobs.attempt_deadline import DeadlineConnection
 from inferno_jobs.errors import InvalidRequest
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -141,12 +142,15 @@ class _GuardedConnectionMixin:
 
 
 def guarded_session(guard: NetworkGuard) -> requests.Session:
-    """A ``requests`` session whose connections go only to addresses ``guard`` accepts.
+    """A ``requests`` session whose connections go only to addresses ``guard`` accepts, and whose requests
+    :func:`inferno_jobs.attempt_deadline.deadline` can bound as a whole.
 
     Environment proxies are ignored (a proxy would be the address checked, not the receiver).
     """
-    http_conn = type("GuardedHTTPConnection", (_GuardedConnectionMixin, HTTPConnection), {"guard": guard})
-    https_conn = type("GuardedHTTPSConnection", (_GuardedConnectionMixin, HTTPSConnection), {"guard": guard})
+    http_conn = type("GuardedHTTPConnection", (_GuardedConnectionMixin, DeadlineConnection, HTTPConnection),
+                     {"guard": guard})
+    https_conn = type("GuardedHTTPSConnection", (_GuardedConnectionMixin, DeadlineConnection, HTTPSConnection),
+                      {"guard": guard})
     pools = {
         "http": type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
         "https": type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}),

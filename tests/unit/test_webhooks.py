@@ -6,7 +6,9 @@ every one with the ``standardwebhooks`` library.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from email.utils import formatdate
@@ -251,6 +253,32 @@ def test_a_slow_receiver_times_out_and_is_retried(app, celery_stub, receiver):
     assert outcome.status == "retrying"
     [entry] = DeliveryLog(svc(app).redis, svc(app).store.keys).list(job_id)
     assert entry["status_code"] is None and "timed out" in entry["error"] and entry["duration_ms"] >= 900
+
+
+def test_a_receiver_that_drips_its_answer_times_out_after_the_timeout_in_all(app, celery_stub):
+    """requests' timeout bounds each read: a byte of the status line every 0.3 s never trips it. The attempt's
+    deadline does (INFERNO_WEBHOOK_TIMEOUT_S is per attempt)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def drip():
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"X-Slow: " + b"a" * 40:
+                conn.sendall(bytes([byte]))
+                time.sleep(0.3)
+    threading.Thread(target=drip, daemon=True).start()
+    job_id = submit_and_finish(app, f"http://127.0.0.1:{listener.getsockname()[1]}/hook")
+    [event] = queued_events(app, celery_stub)
+    started = time.monotonic()
+    outcome = deliverer(app).deliver(event)
+    took = time.monotonic() - started
+    listener.close()
+    assert outcome.status == "retrying" and took < 3  # the whole answer would take ~20 s
+    [entry] = DeliveryLog(svc(app).redis, svc(app).store.keys).list(job_id)
+    assert entry["error"] == "timed out after 1 s" and 900 <= entry["duration_ms"] < 3000
 
 
 def test_retry_after_is_honoured(app, celery_stub, receiver):
