@@ -8,6 +8,12 @@ handoffs per request, for no work. Here the pool thread keeps the connection and
 It gives the connection back to the poller, as ``gthread`` does, as soon as another connection waits for a thread
 that no idle one will take (so quiet keep-alive clients never hold threads that requests need) or the worker
 stops; and it closes it when the client stays quiet for gunicorn's ``--keep-alive`` seconds, as the poller would.
+
+While a request is handled, a client that sends nothing of its body (or reads nothing of the answer) for
+``INFERNO_API_CLIENT_STALL_S`` frees the thread: the socket operation times out and the connection is closed.
+gunicorn reads bodies with no time limit, so a few clients that send headers and then stall would otherwise hold
+every thread. (A client trickling a byte at a time stays within it: a buffering proxy in front stops that,
+docs/deployment.md.)
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import threading
 import time
 
 from gunicorn.workers.gthread import ThreadWorker
+
+from inferno_jobs.config import Settings
 
 SLICE_S = 0.02  # how often a thread waiting on a quiet connection looks whether another connection needs it
 
@@ -29,6 +37,7 @@ class KeepAliveWorker(ThreadWorker):
         self._started = 0  # of those, taken by a pool thread
         self._busy = 0  # pool threads serving, or waiting on, a connection
         self._lock = threading.Lock()
+        self._stall_s = Settings.from_env().api_client_stall_s or None
         super().init_process()
 
     def enqueue_req(self, conn):
@@ -52,6 +61,12 @@ class KeepAliveWorker(ThreadWorker):
         finally:
             with self._lock:
                 self._busy -= 1
+
+    def handle_request(self, req, conn):
+        # Headers are in; the body and the answer are not: bound every socket operation of the request (a WebSocket
+        # lifts it for its own connection, api/websocket.py). The next request's handle() makes it blocking again.
+        conn.sock.settimeout(self._stall_s)
+        return super().handle_request(req, conn)
 
     def _threads_needed(self) -> bool:
         """Whether connections wait for a pool thread that no idle one will take."""

@@ -290,7 +290,9 @@ class LingeringSocket:
 def _linger_on_close() -> None:
     # Before flask-sock builds its simple_websocket.Server from this environ.
     if "gunicorn.socket" in request.environ:
-        request.environ["gunicorn.socket"] = LingeringSocket(request.environ["gunicorn.socket"])
+        sock = request.environ["gunicorn.socket"]
+        sock.settimeout(None)  # an open socket may stay quiet: not the stall limit of an HTTP request's body
+        request.environ["gunicorn.socket"] = LingeringSocket(sock)
 
 
 @sock.route("/ws", bp=bp)

@@ -85,6 +85,10 @@ class Settings:
     # Request limits.
     max_request_bytes: int = 10 * 1024 * 1024
 
+    # A client that sends nothing of its request body, or reads nothing of the answer, this long loses its connection
+    # (the API's gunicorn worker, api/keepalive.py); 0: no limit.
+    api_client_stall_s: int = 30
+
     # Browsers (api/cors.py, docs/security.md#cors): origins that may call the API from a page; "*" any, empty: none.
     cors_origins: tuple[str, ...] = ("*",)
 

@@ -3,6 +3,7 @@ threads, so that a thread kept by a quiet connection would show as a request lef
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 
@@ -20,8 +21,8 @@ def api_server(live_settings, live_redis):
     """Start ``inferno-jobs api --workers 1 --threads 2`` with a given ``--keep-alive``."""
     started = []
 
-    def start(keepalive_s: int) -> GunicornServer:
-        server = GunicornServer(live_settings, threads=2,
+    def start(keepalive_s: int, **settings) -> GunicornServer:
+        server = GunicornServer(dataclasses.replace(live_settings, **settings), threads=2,
                                 extra_env={"GUNICORN_CMD_ARGS": f"--keep-alive {keepalive_s}"})
         started.append(server)
         return server
@@ -99,3 +100,32 @@ def test_a_stopping_server_does_not_wait_out_quiet_connections(api_server):
         sock.settimeout(5)
         assert sock.recv(1) == b""
         sock.close()
+
+
+def test_clients_that_stall_in_their_body_free_the_threads_and_a_quiet_websocket_stays(api_server):
+    server = api_server(30, api_client_stall_s=2)
+    ws = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    ws.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert ws.recv(65536).startswith(b"HTTP/1.1 101")
+    stalled = []
+    for _ in range(2):  # as many as the threads: each sends a byte of a 1,000-byte body, then nothing
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{")
+        stalled.append(sock)
+    time.sleep(0.5)
+    began = time.monotonic()
+    fresh = _connect(server)  # answered once a stalled client's 2 s are up, not never
+    assert time.monotonic() - began < 10
+    for sock in stalled:  # their connections were closed (after an error answer, or without one)
+        data = sock.recv(65536)
+        while data and not data.endswith(b"}") and b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        assert data == b"" or data.startswith(b"HTTP/1.1 4")
+        sock.close()
+    fresh.close()
+    time.sleep(2.5)  # longer than the stall limit: a WebSocket is allowed to be quiet
+    ws.sendall(bytes([0x81, 0x80 | 16]) + b"\x00" * 4 + b'{"type": "ping"}')  # a masked text frame
+    assert b'"pong"' in ws.recv(65536)
+    ws.close()
