@@ -8,7 +8,7 @@ from typing import IO, Any
 from flask import Request as FlaskRequest
 from flask import request
 from marshmallow import Schema, ValidationError
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
@@ -38,12 +38,18 @@ class BodyStream(LimitedStream):
 
 
 class Request(FlaskRequest):
-    """Flask's request, whose :attr:`stream` is a :class:`BodyStream` when the server ends the body itself
+    """Flask's request, refusing a body with a ``Content-Encoding`` (415), whose :attr:`stream` is a
+    :class:`BodyStream` when the server ends the body itself
     (chunked: ``wsgi.input_terminated``) and a limit applies (``MAX_CONTENT_LENGTH``, or a route's own
     ``request.max_content_length`` as set before the body is first read)."""
 
     @cached_property
     def stream(self) -> IO[bytes]:
+        # werkzeug hands the body over as it came: a compressed one would read as garbage (a misleading 400) or,
+        # worse, as something else. Only identity bodies are taken.
+        encoding = self.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported: send the body uncompressed")
         limit = self.max_content_length
         if self.shallow or limit is None or self.content_length is not None \
                 or "wsgi.input_terminated" not in self.environ:

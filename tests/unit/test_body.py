@@ -91,3 +91,17 @@ def test_websocket_messages_are_bounded_by_both_limits():
     assert max_message_bytes(Settings()) == 1024 * 1024
     assert max_message_bytes(Settings(max_request_bytes=4096)) == 4096
     assert server_options(Settings(ws_max_message_bytes=5000)) == {"max_message_size": 5000}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate, gzip"])
+def test_a_compressed_body_is_415_not_read_as_garbage(client, encoding):
+    import gzip
+
+    body = gzip.compress(b'{"type": "predict", "model": "iris", "input": {"features": [[1, 2, 3, 4]]}}')
+    r = client.post("/jobs", data=body, headers={"Content-Encoding": encoding, "Content-Type": "application/json"})
+    assert r.status_code == 415
+    error = r.get_json()["error"]
+    assert error["code"] == "INVALID_REQUEST" and "send the body uncompressed" in error["message"]
+    plain = client.post("/jobs", json={"type": "predict", "model": "iris", "input": {"features": [[1, 2, 3, 4]]}},
+                        headers={"Content-Encoding": "identity"})
+    assert plain.status_code == 202
