@@ -18,7 +18,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, valida
 
 from inferno_jobs.job import JobType
 from inferno_jobs.schemas import (ENCODING_FORMATS, MAX_CHOICES, MAX_EMBEDDING_CHARS, MAX_EMBEDDING_ITEMS,
-                                   MAX_MAX_TOKENS, MAX_PROMPTS, MAX_TOP_LOGPROBS)
+                                   MAX_MAX_TOKENS, MAX_PROMPTS, MAX_TOP_LOGPROBS, check_top_logprobs)
 
 # An OpenAI endpoint -> the job type its requests run as.
 ENDPOINTS = {
@@ -151,8 +151,7 @@ class ChatRequest(OpenAIGeneration):
 
     @validates_schema
     def _top_logprobs(self, data, **kwargs):
-        if data.get("top_logprobs") is not None and not data.get("logprobs"):
-            raise ValidationError("top_logprobs needs logprobs: true", "top_logprobs")
+        check_top_logprobs(data)
 
     @validates_schema
     def _format(self, data, **kwargs):

@@ -33,6 +33,12 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
+def check_top_logprobs(data: dict) -> None:
+    """``top_logprobs`` only with ``logprobs: true`` (native inputs and OpenAI's chat bodies alike)."""
+    if data.get("top_logprobs") is not None and not data.get("logprobs"):
+        raise ValidationError("top_logprobs needs logprobs: true", "top_logprobs")
+
+
 class GenerationParams(StrictSchema):
     """Sampling parameters shared by completion and chat."""
 
@@ -56,8 +62,7 @@ class GenerationParams(StrictSchema):
 
     @validates_schema
     def _top_logprobs(self, data, **kwargs):
-        if data.get("top_logprobs") is not None and not data.get("logprobs"):
-            raise ValidationError("top_logprobs needs logprobs: true", "top_logprobs")
+        check_top_logprobs(data)
 
     @validates_schema
     def _n(self, data, **kwargs):
