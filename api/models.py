@@ -36,15 +36,17 @@ def worker_reports() -> dict[str, dict]:
     return {worker: r for worker, r in reports.items() if r.get("reported_at", 0) >= horizon}
 
 
-def loaded_models() -> set[str]:
-    """Models that some worker process reported loaded within the last few lease periods."""
-    return {m for r in worker_reports().values() for m in r.get("models", [])}
+def loaded_models(reports: dict[str, dict] | None = None) -> set[str]:
+    """Models that some worker process reported loaded within the last few lease periods (in ``reports``, as
+    :func:`worker_reports` gives them, when the caller has read them already)."""
+    reports = worker_reports() if reports is None else reports
+    return {m for r in reports.values() for m in r.get("models", [])}
 
 
-def check_load_errors(name: str, since: float) -> None:
-    """Raise :class:`ModelNotLoaded` naming the worker and its reason if a worker process failed to load model
-    ``name`` at or after ``since`` (the command's time)."""
-    for worker, report in sorted(worker_reports().items()):
+def check_load_errors(name: str, since: float, reports: dict[str, dict]) -> None:
+    """Raise :class:`ModelNotLoaded` naming the worker and its reason if a worker process in ``reports`` failed to
+    load model ``name`` at or after ``since`` (the command's time)."""
+    for worker, report in sorted(reports.items()):
         error = (report.get("load_errors") or {}).get(name)
         if error and error.get("at", 0) >= since:
             raise ModelNotLoaded(f"model {name!r} failed to load in worker {worker}: {error.get('message')}",
@@ -109,12 +111,12 @@ def apply_command(names: list[str], action: str) -> bool:
     want = action == "load"
     deadline = time.monotonic() + COMMAND_WAIT_S
     while True:
-        reports = worker_reports()
+        reports = worker_reports()  # one read of Redis a poll
         if want:
             for name in names:
-                check_load_errors(name, since)
+                check_load_errors(name, since, reports)
         applied = all((reports.get(w, {}).get("generation") or 0) >= generation for w in active if w in reports)
-        loaded = {m for r in reports.values() for m in r.get("models", [])}
+        loaded = loaded_models(reports)
         if applied and all((name in loaded) == want for name in names):
             return True
         if time.monotonic() >= deadline:
