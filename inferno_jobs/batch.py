@@ -37,6 +37,9 @@ class BatchStatus(str, Enum):
 
 
 BATCH_TERMINAL = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELED, BatchStatus.EXPIRED})
+# The same as the strings an API answer holds: a str Enum member hashes by its name, so a set of members never
+# finds a raw status string.
+BATCH_TERMINAL_VALUES = frozenset(status.value for status in BATCH_TERMINAL)
 
 BATCH_TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
     BatchStatus.VALIDATING: frozenset({BatchStatus.QUEUED, BatchStatus.RUNNING, BatchStatus.COMPLETED,

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import click
 
-from inferno_jobs.batch import BATCH_TERMINAL, BatchStatus
+from inferno_jobs.batch import BATCH_TERMINAL_VALUES, BatchStatus
 
 TYPES = ["completion", "chat", "embedding", "predict"]
-_ENDED = frozenset(status.value for status in BATCH_TERMINAL)  # the batch statuses that never change
 
 
 def _client():
@@ -52,7 +51,7 @@ class Progress:
         self.bar.set_postfix_str(f"failed={counts['failed']} {batch['status']}", refresh=False)
         self.bar.update(done - self.bar.n)
         now = time.monotonic()
-        if not self.tty and (now - self.last_report > 5 or batch["status"] in _ENDED):
+        if not self.tty and (now - self.last_report > 5 or batch["status"] in BATCH_TERMINAL_VALUES):
             self.last_report = now
             elapsed = max(now - self.started, 1e-6)
             rate = done / elapsed
@@ -147,7 +146,7 @@ def batch_status(batch_id: str, wait: bool) -> None:
     if not wait:
         _print(found)
         return
-    _print_ended(follow(client, found) if found["status"] not in _ENDED else found)
+    _print_ended(follow(client, found) if found["status"] not in BATCH_TERMINAL_VALUES else found)
 
 
 @batch.command("results")

@@ -18,12 +18,9 @@ from urllib.parse import quote
 
 import requests
 
-from inferno_jobs.batch import BATCH_TERMINAL
+from inferno_jobs.batch import BATCH_TERMINAL_VALUES
 from inferno_jobs.errors import ERRORS_BY_CODE, InfernoError, InternalError, InvalidRequest, Timeout
 from inferno_jobs.job import TERMINAL, JobStatus
-
-
-_BATCH_ENDED = frozenset(status.value for status in BATCH_TERMINAL)
 
 
 class ConnectionFailed(InternalError):
@@ -188,7 +185,7 @@ class Client:
             batch = self.get_batch(batch_id)
             if on_progress:
                 on_progress(batch)
-            if batch["status"] in _BATCH_ENDED:
+            if batch["status"] in BATCH_TERMINAL_VALUES:
                 return batch
             if deadline is not None and time.monotonic() > deadline:
                 raise Timeout(f"batch {batch_id} still {batch['status']} after {timeout_s} s",
