@@ -65,7 +65,7 @@ class ModelConfig:
     @property
     def size_bytes(self) -> int:
         """Bytes on disk of the model directory."""
-        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        return sum(size for _, size, _ in _stamps(self.path, ""))
 
     @property
     def version(self) -> str:
@@ -114,7 +114,7 @@ def _stamps(directory: Path, prefix: str) -> list[tuple[str, int, int]]:
     out = []
     with os.scandir(directory) as entries:
         for entry in entries:
-            if entry.is_dir():
+            if entry.is_dir(follow_symlinks=False):  # a linked file counts; a linked folder could loop
                 out += _stamps(Path(entry.path), f"{prefix}{entry.name}/")
             elif entry.is_file():
                 stat = entry.stat()
