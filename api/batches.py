@@ -107,7 +107,10 @@ class BatchResponse(Schema):
     results_url = fields.String()
     errors_url = fields.String()
     input_file_id = fields.String(allow_none=True)
-    retry_of = fields.String(allow_none=True)
+    retry_of = fields.String(allow_none=True, metadata={"description": "the batch whose failed lines this one runs"})
+    retried_as = fields.String(allow_none=True, metadata={
+        "description": "the batch that runs this one's failed lines (POST /batches/<id>/retry); a batch is "
+                       "retried once"})
     metadata = fields.Dict()
     errors = fields.List(fields.Dict())
 
@@ -381,8 +384,8 @@ def errors(batch_id: str):
 def retry(batch_id: str):
     """A new batch of this batch's failed lines (same custom_ids and line numbers): 202 with it.
 
-    Lines that failed validation are left out: they would fail the same way. 409 while the batch still runs or
-    when no line can be retried.
+    Lines that failed validation are left out: they would fail the same way. 409 while the batch still runs,
+    when no line can be retried, or when it was retried already (``details.retried_as``: retry that one).
     """
     owner = tenant()
     store = batch_store()

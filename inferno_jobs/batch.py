@@ -104,6 +104,7 @@ class Batch:
     completion_window: str | None = None
     retry_of: str | None = None
     request_id: str | None = None
+    retried_as: str | None = None  # the batch that retried this one's failed lines (a batch is retried once)
     errors: list = field(default_factory=list)  # batch-level errors (e.g. every line invalid)
 
     META = ("tenant", "model", "type", "priority", "pool", "total", "created_at", "webhook", "metadata",
@@ -132,7 +133,7 @@ class Batch:
                    failed=int(data.get("failed", 0)), chunks=int(data.get("chunks", 0)),
                    input_tokens=int(data.get("input_tokens", 0)), output_tokens=int(data.get("output_tokens", 0)),
                    started_at=num("started_at"), finished_at=num("finished_at"),
-                   errors=json.loads(data.get("errors") or "[]"), **meta)
+                   retried_as=data.get("retried_as") or None, errors=json.loads(data.get("errors") or "[]"), **meta)
 
     @property
     def expires_at(self) -> float | None:
@@ -171,6 +172,7 @@ class Batch:
             "errors_url": f"/batches/{self.id}/errors",
             "input_file_id": self.input_file_id,
             "retry_of": self.retry_of,
+            "retried_as": self.retried_as,
             "metadata": self.metadata,
             "errors": self.errors,
         }

@@ -258,6 +258,8 @@ class BatchStore:
         live_s = self.settings.max_ttl_s + self.settings.batch_retention_s
         expiry = self.settings.batch_retention_s if batch.status.terminal else live_s
         with self.redis.pipeline() as pipe:
+            if batch.retry_of:
+                self._claim_retry(pipe, batch)
             pipe.hset(k.batch(batch.id), mapping={
                 "meta": batch.meta_json(), "status": batch.status.value, "completed": 0, "failed": batch.failed,
                 "chunks": len(chunks), "started_at": "", "finished_at": batch.finished_at or "",
@@ -279,13 +281,32 @@ class BatchStore:
             pipe.zadd(k.tenant_batches(batch.tenant), {batch.id: 0})
             for key in self._batch_keys(batch.id):
                 pipe.expire(key, expiry)
-            pipe.execute()
+            try:
+                pipe.execute()
+            except redis.WatchError:  # the parent changed since it was read: look again
+                return self.create(batch, lines, chunk_size)
         return batch, list(range(len(chunks)))
+
+    def _claim_retry(self, pipe, batch: Batch) -> None:
+        """Start ``pipe``'s transaction with the parent batch's ``retried_as`` set to ``batch``, so that a batch is
+        retried once: a second retry (two clicks, two clients) would run the same failed lines again beside the
+        first. :class:`Conflict` naming the first retry when there is one."""
+        parent = self.keys.batch(batch.retry_of)
+        pipe.watch(parent)
+        earlier = pipe.hget(parent, "retried_as")
+        if earlier:
+            earlier = earlier.decode()
+            raise Conflict(f"batch {batch.retry_of} was already retried as {earlier}; retry that batch instead",
+                           details={"retried_as": earlier})
+        pipe.multi()
+        pipe.hset(parent, "retried_as", batch.id)
 
     def discard(self, batch: Batch) -> None:
         """Remove a batch that was never accepted (its chunks could not be enqueued)."""
         with self.redis.pipeline() as pipe:
             pipe.delete(*self._batch_keys(batch.id))
+            if batch.retry_of:  # its parent may be retried again
+                pipe.hdel(self.keys.batch(batch.retry_of), "retried_as")
             pipe.zrem(self.keys.tenant_batches(batch.tenant), batch.id)
             pipe.zrem(self.keys.live_batches(), batch.id)
             pipe.zrem(self.keys.batch_deadlines(), batch.id)

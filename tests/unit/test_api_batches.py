@@ -195,6 +195,45 @@ def test_retry_makes_a_batch_of_the_failed_lines_keeping_custom_ids(client, cele
     assert client.post(f"/batches/{child['id']}/retry").status_code == 409  # nothing failed
 
 
+def test_a_batch_is_retried_once_and_a_second_retry_names_the_first(client, celery_stub, batches):
+    batch = upload(client, rows(3), model="iris").get_json()
+    run_all(batches, celery_stub, lambda model, inputs: [InvalidRequest("down") for _ in inputs])
+    celery_stub.clear()
+    celery_stub.fail = True  # the first try cannot enqueue: not accepted, and the parent may be retried again
+    assert client.post(f"/batches/{batch['id']}/retry").status_code == 500
+    assert client.get(f"/batches/{batch['id']}").get_json()["retried_as"] is None
+    celery_stub.fail = False
+    first = client.post(f"/batches/{batch['id']}/retry")
+    assert first.status_code == 202, first.get_json()
+    child = first.get_json()
+    second = client.post(f"/batches/{batch['id']}/retry")
+    assert second.status_code == 409
+    error = second.get_json()["error"]
+    assert error["code"] == "CONFLICT" and error["details"] == {"retried_as": child["id"]}
+    assert child["id"] in error["message"]
+    assert client.get(f"/batches/{batch['id']}").get_json()["retried_as"] == child["id"]
+    assert child["retried_as"] is None and child["retry_of"] == batch["id"]
+    assert len([s for s in celery_stub.sent if s["name"] == "inferno.run_batch_chunk"]) == 1  # one batch runs them
+    listed = client.get("/batches").get_json()["data"]
+    assert [b["id"] for b in listed] == [child["id"], batch["id"]]
+
+
+def test_concurrent_retries_of_one_batch_make_one_batch(make_app, celery_stub, batches, fake_redis, settings):
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = make_app().test_client()
+    batch = upload(client, rows(3), model="iris").get_json()
+    run_all(batches, celery_stub, lambda model, inputs: [InvalidRequest("down") for _ in inputs])
+    app = make_app()
+
+    def retry(_):
+        return app.test_client().post(f"/batches/{batch['id']}/retry").status_code
+    with ThreadPoolExecutor(8) as pool:
+        codes = sorted(pool.map(retry, range(16)))
+    assert codes == [202] + [409] * 15
+    assert len(client.get("/batches").get_json()["data"]) == 2
+
+
 def test_dry_run_validates_and_enqueues_nothing(client, celery_stub, fake_redis):
     r = upload(client, rows(3, bad={2}), model="iris", query="?dry_run=true")
     assert r.status_code == 200
