@@ -22,7 +22,7 @@ from inferno_jobs.errors import Conflict, InternalError, InvalidRequest, Payload
 from inferno_jobs.filestore import RedisFileStore
 from inferno_jobs.job import JobType, Priority, new_id, now
 from inferno_jobs.model import ModelConfig
-from inferno_jobs.schemas import GenerationParams
+from inferno_jobs.schemas import GenerationParams, cursor_field
 from inferno_jobs.ssrf import NetworkGuard
 
 bp = Blueprint("batches", __name__)
@@ -131,7 +131,7 @@ class BatchListQuery(Schema):
 
     status = fields.String(validate=validate.OneOf([s.value for s in BatchStatus]), load_default=None)
     limit = fields.Integer(validate=validate.Range(1, 100), load_default=20)
-    cursor = fields.String(load_default=None)
+    cursor = cursor_field("batch")
 
 
 class LineError(Schema):

@@ -13,7 +13,8 @@ from flask import Blueprint, jsonify, request
 from marshmallow import RAISE, Schema, fields, validate
 
 from api.batches import batch_store, create_batch, file_store, limits
-from api.body import json_body, load
+from api.body import json_body
+from api.compat_schemas import load_request
 from api.deliveries import dispatch_webhooks
 from api.openai_errors import init_blueprint
 from api.openai_files import batch_file_id, has_lines
@@ -22,6 +23,7 @@ from inferno_jobs.batch import COMPLETION_WINDOW, Batch, BatchStatus, window_s
 from inferno_jobs.batchfile import OPENAI_ENDPOINTS, Reader
 from inferno_jobs.errors import InvalidRequest
 from inferno_jobs.job import JobType
+from inferno_jobs.schemas import cursor_field
 
 bp = Blueprint("openai_batches", __name__, url_prefix="/v1")
 init_blueprint(bp)
@@ -51,7 +53,7 @@ class ListQuery(Schema):
     class Meta:
         unknown = RAISE
 
-    after = fields.String(load_default=None)
+    after = cursor_field("batch")
     limit = fields.Integer(validate=validate.Range(1, 100), load_default=20)
 
 
@@ -106,7 +108,7 @@ def openai_batch(batch: Batch) -> dict:
 def create():
     """Create a batch from an uploaded file of OpenAI batch lines."""
     owner = tenant()
-    data = load(CreateBatch(), json_body())
+    data = load_request(CreateBatch(), json_body())
     stored = file_store().get(data["input_file_id"], owner)
     content = file_store().content(stored.id, owner)
     job_type = OPENAI_ENDPOINTS[data["endpoint"]]
@@ -144,7 +146,7 @@ def cancel(batch_id: str):
 @bp.get("/batches")
 def list_batches():
     """The caller's batches, newest first: ``?after=&limit=``."""
-    query = load(ListQuery(), request.args.to_dict())
+    query = load_request(ListQuery(), request.args.to_dict())
     batches, cursor = batch_store().list(tenant(), limit=query["limit"], cursor=query["after"])
     data = [openai_batch(b) for b in batches]
     return jsonify({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,

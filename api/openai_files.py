@@ -18,6 +18,7 @@ from inferno_jobs.batchfile import read_upload
 from inferno_jobs.codec import dumps
 from inferno_jobs.errors import BatchNotFound, FileNotFound, InvalidRequest
 from inferno_jobs.filestore import ORDERS
+from inferno_jobs.job import is_id
 
 bp = Blueprint("openai_files", __name__, url_prefix="/v1")
 init_blueprint(bp)
@@ -120,7 +121,10 @@ def list_files():
     order = request.args.get("order", "desc")
     if order not in ORDERS:
         raise InvalidRequest(f"order must be asc or desc, not {order[:40]!r}", details={"field": "order"})
-    files, more = file_store().list(owner, limit=limit, after=request.args.get("after"),
+    after = request.args.get("after")
+    if after is not None and not is_id("file", after):
+        raise InvalidRequest("after must be a file id: the previous page's last one", details={"field": "after"})
+    files, more = file_store().list(owner, limit=limit, after=after,
                                     purpose=request.args.get("purpose"), order=order)
     data = [f.to_openai() for f in files]
     return jsonify({"object": "list", "data": data, "has_more": more,

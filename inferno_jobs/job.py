@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import math
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -97,6 +98,11 @@ def new_id(prefix: str) -> str:
     # base32 digits are the value's, most significant first.
     digits = base64.b32encode((value << 6).to_bytes(17, "big"))[:26].translate(_TO_CROCKFORD)
     return f"{prefix}_{digits.decode()}"
+
+
+def is_id(prefix: str, value: str) -> bool:
+    """Whether ``value`` has the form of a :func:`new_id` of ``prefix`` (it may name nothing)."""
+    return re.fullmatch(rf"{re.escape(prefix)}_[0-9a-hjkmnp-tv-z]{{26}}", value) is not None
 
 
 def now() -> float:

@@ -7,7 +7,7 @@ import functools
 from marshmallow import (EXCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema)
 
 from inferno_jobs import importance
-from inferno_jobs.job import EVENT_FOR_STATUS, JobStatus, JobType, Priority
+from inferno_jobs.job import EVENT_FOR_STATUS, JobStatus, JobType, Priority, is_id
 
 MAX_EMBEDDING_CHARS = 8000
 MAX_EMBEDDING_ITEMS = 2048
@@ -269,6 +269,15 @@ class JobResponse(Schema):
     error = fields.Nested(ErrorBody, allow_none=True)
 
 
+def cursor_field(prefix: str) -> fields.String:
+    """A list's page cursor: the previous page's last id. Any id of the kind is a place in the list, even one that
+    was removed; anything else is refused (it would silently start from the newest)."""
+    def check(value: str) -> None:
+        if not is_id(prefix, value):
+            raise ValidationError(f"must be a {prefix} id: the previous page's last one")
+    return fields.String(load_default=None, validate=check)
+
+
 class JobListQuery(StrictSchema):
     """Query parameters of ``GET /jobs``."""
 
@@ -276,7 +285,7 @@ class JobListQuery(StrictSchema):
     type = fields.String(validate=validate.OneOf([t.value for t in JobType]), load_default=None)
     batch_id = fields.String(load_default=None)
     limit = fields.Integer(validate=validate.Range(1, 100), load_default=20)
-    cursor = fields.String(load_default=None)
+    cursor = cursor_field("job")
 
 
 class JobList(Schema):

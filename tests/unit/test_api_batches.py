@@ -377,6 +377,13 @@ def test_v1_batch_of_embeddings_end_to_end_with_a_fake_engine(client, celery_stu
     assert "differs from the batch's model" in errors[0]["response"]["body"]["error"]["message"]
     listed = client.get("/v1/batches?limit=1").get_json()
     assert listed["object"] == "list" and listed["data"][0]["id"] == batch["id"]
+    for bad, param in (("limit=0", "limit"), ("limit=x", "limit"), ("after=zzzz", "after"), ("order=up", "order")):
+        r = client.get(f"/v1/batches?{bad}")
+        assert r.status_code == 400 and r.get_json()["error"]["param"] == param, (bad, r.get_json())
+    assert client.get(f"/v1/batches?after={batch['id']}").get_json()["data"] == []
+    r = client.post("/v1/batches", json={"input_file_id": batch["input_file_id"], "endpoint": "/v1/nope",
+                                         "completion_window": "24h"})
+    assert r.status_code == 400 and r.get_json()["error"]["param"] == "endpoint"
     assert client.post(f"/v1/batches/{batch['id']}/cancel").status_code == 409
 
 
@@ -434,7 +441,9 @@ def test_v1_files_lists_a_tenants_uploads_newest_first_with_paging(client):
     rest = client.get(f"/v1/files?limit=2&after={page['last_id']}").get_json()
     assert [f["id"] for f in rest["data"]] == [ids[0]] and not rest["has_more"]
     bad = client.get("/v1/files?limit=0")
-    assert bad.status_code == 400 and bad.get_json()["error"]["param"] in (None, "limit")
+    assert bad.status_code == 400 and bad.get_json()["error"]["param"] == "limit"
+    bad = client.get(f"/v1/files?after={page['last_id'][:-1]}")
+    assert bad.status_code == 400 and bad.get_json()["error"]["param"] == "after"
 
 
 def test_usage_sums_the_tokens_of_the_lines_that_succeeded_once(client, celery_stub, batches):

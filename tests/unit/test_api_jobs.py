@@ -172,9 +172,14 @@ def test_list_with_filters_limit_and_cursor(client):
     rest = client.get(f"/jobs?limit=10&cursor={page['next_cursor']}").get_json()
     assert [j["id"] for j in rest["data"]] == ids[-3::-1] and rest["next_cursor"] is None
     assert [j["id"] for j in client.get("/jobs?status=canceled").get_json()["data"]] == [ids[0]]
-    for bad in ("limit=0", "limit=101", "status=done", "type=x", "limit=abc", "colour=red"):
+    for bad in ("limit=0", "limit=101", "status=done", "type=x", "limit=abc", "colour=red", "cursor=zzzz",
+                f"cursor={ids[0].replace('job_', 'batch_')}", f"cursor={ids[0].upper()}", "cursor="):
         r = client.get(f"/jobs?{bad}")
         assert r.status_code == 400 and r.get_json()["error"]["code"] == "INVALID_REQUEST", bad
+    assert "cursor" in client.get("/jobs?cursor=zzzz").get_json()["error"]["details"]
+    # An id that names no job is still a place in the list (a job removed since, or another tenant's)
+    from inferno_jobs.job import new_id
+    assert [j["id"] for j in client.get(f"/jobs?cursor={new_id('job')}").get_json()["data"]] == ids[::-1]
 
 
 def test_enqueue_failure_is_an_error_and_keeps_nothing(client, celery_stub):
