@@ -86,8 +86,12 @@ class Session:
             self.ws.send(json.dumps(message, separators=(",", ":")))
 
     def error(self, exc: InfernoError, request_id: str | None = None) -> None:
-        self.send({"type": "error", "id": request_id, "code": exc.code, "message": exc.message,
-                   "details": exc.details})
+        """An ``error`` message; one worth retrying later (Redis unavailable, a full queue) has HTTP's
+        ``Retry-After`` as ``retry_after_s``."""
+        message = {"type": "error", "id": request_id, "code": exc.code, "message": exc.message, "details": exc.details}
+        if exc.retry_after_s is not None:
+            message["retry_after_s"] = int(exc.retry_after_s)
+        self.send(message)
 
     def close(self, code: int, reason: str) -> None:
         """Send a close frame (under the send lock: a forwarding thread may be writing a frame)."""
@@ -212,7 +216,12 @@ class Session:
                         self.error(value, request_id)
             except ConnectionClosed:
                 pass
-            except Exception:  # Redis gone, say: the client hears it instead of waiting for a message that never comes
+            except STORE_FAILURES as exc:  # Redis down or frozen: the job goes on; the client hears to poll it later
+                with contextlib.suppress(ConnectionClosed):
+                    self.error(StoreUnavailable.of(exc, {"job_id": job.id},
+                                                   f" while following job {job.id}; poll GET /jobs/{job.id}"),
+                               request_id)
+            except Exception:  # a bug: the client hears it instead of waiting for a message that never comes
                 log.exception("forwarding a job's events failed", extra={"job_id": job.id})
                 with contextlib.suppress(ConnectionClosed):
                     self.error(InternalError(f"following job {job.id} failed; poll GET /jobs/{job.id} for its "
