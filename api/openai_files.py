@@ -47,7 +47,7 @@ def _batch_file(file_id: str) -> tuple[Batch, str] | None:
 def output_lines(batch: Batch, kind: str):
     """OpenAI's batch output lines: succeeded lines (``output``) or the others (``errors``), in input order."""
     created = int(batch.finished_at or batch.created_at)
-    for line in batch_store().lines(batch):
+    for line in batch_store().lines(batch, with_input=True):
         succeeded = line["status"] == "succeeded"
         if (kind == "output") != succeeded or line["status"] == "pending":
             continue
@@ -56,7 +56,7 @@ def output_lines(batch: Batch, kind: str):
         if succeeded:
             out["response"] = {"status_code": 200, "request_id": f"req_{line_id}",
                                "body": openai_body(line["result"], model=batch.model, response_id=line_id,
-                                                   created=created)}
+                                                   created=created, prompt=(line["input"] or {}).get("prompt"))}
         elif line["status"] == "canceled":
             out["error"] = {"code": "batch_cancelled", "message": line["error"]["message"]}
         elif line["status"] == "expired":

@@ -146,10 +146,10 @@ def completions():
     usage = {key: sum(r["usage"][key] for r in results) for key in ("prompt_tokens", "completion_tokens",
                                                                     "total_tokens")}
     # Prompt i's choice j is choice i * n + j, as OpenAI numbers them.
-    choices = [choice for result in results for choice in choices_of(result)]
+    choices = [(choice, len(prompt)) for prompt, result in zip(prompts, results) for choice in choices_of(result)]
     return _json(jobs[0], {
         "id": jobs[0].id, "object": "text_completion", "created": int(jobs[0].created_at), "model": model.name,
-        "choices": [completion_choice(c, index=i) for i, c in enumerate(choices)],
+        "choices": [completion_choice(c, index=i, prompt_chars=chars) for i, (c, chars) in enumerate(choices)],
         "usage": usage, "system_fingerprint": None,
     }, job_ids=[job.id for job in jobs])
 
@@ -160,7 +160,7 @@ def _completion_chunks(job: Job, include_usage: bool):
                 "system_fingerprint": None,
                 "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
-    legacy = LegacyLogprobs()  # text_offset counts across the chunks, from the start of the text
+    legacy = LegacyLogprobs(len(job.input["prompt"]))  # text_offset counts across the chunks, from the prompt's start
     for kind, value in stream_tokens(job):
         if kind == "token":
             entries = value.get("logprobs")

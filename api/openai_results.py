@@ -19,8 +19,10 @@ from inferno_jobs.errors import ERRORS_BY_CODE, InfernoError
 _FINISH = {"canceled": "stop", "cancelled": "stop"}
 
 
-def openai_body(result: dict, *, model: str, response_id: str, created: int) -> dict:
-    """One result (chat, completion or embedding, recognised by its fields) as OpenAI's response body."""
+def openai_body(result: dict, *, model: str, response_id: str, created: int, prompt: str | list | None = None,
+                ) -> dict:
+    """One result (chat, completion or embedding, recognised by its fields) as OpenAI's response body; a
+    completion's ``prompt`` (one or a list) places its legacy ``logprobs.text_offset``."""
     usage = result.get("usage") or {}
     if "embeddings" in result:
         return {"object": "list", "model": model,
@@ -37,8 +39,16 @@ def openai_body(result: dict, *, model: str, response_id: str, created: int) -> 
                 "choices": [chat_choice(c) for c in choices], "usage": full_usage}
     if "text" in choices[0]:
         return {"id": f"cmpl-{response_id}", "object": "text_completion", "created": created, "model": model,
-                "choices": [completion_choice(c) for c in choices], "usage": full_usage}
+                "choices": [completion_choice(c, prompt_chars=len(p)) for c, p in zip(choices, _prompts_of(
+                    prompt, len(choices)))], "usage": full_usage}
     return result  # predict results have no OpenAI counterpart
+
+
+def _prompts_of(prompt: str | list | None, choices: int) -> list[str]:
+    """The prompt of each of ``choices`` choices: prompt ``i``'s choice ``j`` is choice ``i * n + j``."""
+    prompts = [prompt or ""] if not isinstance(prompt, list) else prompt or [""]
+    n = max(1, choices // len(prompts))
+    return [prompts[min(k // n, len(prompts) - 1)] for k in range(choices)]
 
 
 def choices_of(result: dict) -> list[dict]:
@@ -66,11 +76,12 @@ def chat_logprobs(entries: list[dict] | None) -> dict | None:
     return None if entries is None else {"content": entries, "refusal": None}
 
 
-def completion_choice(choice: dict, index: int | None = None) -> dict:
-    """One generated completion choice as OpenAI's; ``index`` replaces the choice's own."""
+def completion_choice(choice: dict, index: int | None = None, prompt_chars: int = 0) -> dict:
+    """One generated completion choice as OpenAI's; ``index`` replaces the choice's own; ``prompt_chars``: the
+    length of its prompt, where its text starts."""
     entries = choice.get("logprobs")
     return {"text": choice["text"], "index": choice["index"] if index is None else index,
-            "logprobs": None if entries is None else LegacyLogprobs().add(choice["text"], entries),
+            "logprobs": None if entries is None else LegacyLogprobs(prompt_chars).add(choice["text"], entries),
             "finish_reason": finish_reason(choice)}
 
 
@@ -79,14 +90,15 @@ class LegacyLogprobs:
     piece by piece.
 
     ``top_logprobs`` holds, per token, its most likely alternatives and the chosen token (OpenAI: "up to
-    logprobs + 1 elements"), most likely first; ``text_offset`` is the character in the choice's text where each
-    token starts (from 0, as vLLM counts without ``echo``; a token that starts inside a character another token
-    began is at that character).
+    logprobs + 1 elements"), most likely first; ``text_offset`` is the character where each token starts, counted
+    as OpenAI counts it from the start of the prompt (the text follows its ``prompt_chars`` characters); a token
+    that starts inside a character another token began is at that character.
     """
 
-    def __init__(self):
+    def __init__(self, prompt_chars: int = 0):
         self._char_starts = [0]  # the UTF-8 byte where each character of the text so far starts, then its end
         self._token_bytes = 0
+        self._start = prompt_chars
 
     def add(self, piece: str, entries: list[dict]) -> dict:
         """The legacy ``logprobs`` of ``entries``, the tokens that ``piece`` (the next text) completes."""
@@ -94,7 +106,7 @@ class LegacyLogprobs:
             self._char_starts.append(self._char_starts[-1] + len(char.encode()))
         offsets = []
         for entry in entries:
-            offsets.append(bisect_right(self._char_starts, self._token_bytes) - 1)
+            offsets.append(self._start + bisect_right(self._char_starts, self._token_bytes) - 1)
             self._token_bytes += len(entry.get("bytes") or ())
         return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
                 "top_logprobs": [_alternatives(e) for e in entries], "text_offset": offsets}

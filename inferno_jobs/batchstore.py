@@ -163,8 +163,10 @@ class BatchStore:
         raws = self.redis.hmget(self.keys.batch_items(batch_id), items) if items else []
         return [(item, loads(r)["i"]) for item, r in zip(items, raws) if r is not None]
 
-    def lines(self, batch: Batch, *, only_failed: bool = False, page: int = 1000) -> Iterator[dict]:
-        """The results, one per request in input order: ``{custom_id, line, status, result | error}``.
+    def lines(self, batch: Batch, *, only_failed: bool = False, with_input: bool = False, page: int = 1000,
+              ) -> Iterator[dict]:
+        """The results, one per request in input order: ``{custom_id, line, status, result | error}``, and its
+        ``input`` with ``with_input``.
 
         Lines not run yet are ``pending``; in a canceled (expired) batch, lines that never ran are ``canceled``
         (``expired``).
@@ -178,6 +180,8 @@ class BatchStore:
                     return
                 meta = loads(meta)
                 line = {"custom_id": meta["c"], "line": meta["l"]}
+                if with_input:
+                    line["input"] = meta["i"]
                 if outcome is not None:
                     line["status"] = "succeeded" if outcome[:1] == b"S" else "failed"
                     line["result" if outcome[:1] == b"S" else "error"] = loads(outcome[1:])

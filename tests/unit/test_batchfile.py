@@ -305,6 +305,10 @@ def test_openai_batch_lines_ask_for_logprobs_and_their_output_bodies_carry_them(
     assert body["choices"][0]["logprobs"] == {
         "tokens": ["Hé", "!"], "token_logprobs": [-0.25, -1.5], "text_offset": [0, 2],  # characters, not bytes
         "top_logprobs": [{"Hé": -0.25, " a": -0.5}, {" a": -0.5, "!": -1.5}]}  # most likely first, chosen included
+    listed = openai_body({"choices": [{"index": i, "text": "Hé!", "finish_reason": "stop", "logprobs": entries}
+                                      for i in range(4)], "usage": usage},
+                         model="tiny-gpt", response_id="x", created=1, prompt=["Once", "Hé there"])
+    assert [c["logprobs"]["text_offset"] for c in listed["choices"]] == [[4, 6], [4, 6], [8, 10], [8, 10]]
     plain = openai_body({"text": "x", "finish_reason": "stop", "usage": usage}, model="m", response_id="y",
                         created=1)
     assert plain["choices"][0]["logprobs"] is None

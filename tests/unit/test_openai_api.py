@@ -363,7 +363,10 @@ def test_completions_logprobs_in_the_legacy_shape(v1, inline):
     logprobs = r.get_json()["choices"][0]["logprobs"]
     assert logprobs["tokens"] == TOKENS
     assert logprobs["token_logprobs"] == [fake_entry(i, t, 0)["logprob"] for i, t in enumerate(TOKENS)]
-    assert logprobs["text_offset"] == [0, 4, 9, 11]  # characters into the choice's text
+    assert logprobs["text_offset"] == [4, 8, 13, 15]  # characters from the prompt's start, as OpenAI counts
+    two = v1.post("/v1/completions", json={"model": "tiny-gpt", "prompt": ["Once", "Hé there"], "n": 2,
+                                           "logprobs": 1}).get_json()
+    assert [c["logprobs"]["text_offset"][0] for c in two["choices"]] == [4, 4, 8, 8]  # each after its own prompt
     # the alternatives as {token: logprob}, most likely first, the chosen token among them
     assert logprobs["top_logprobs"][1] == {" upon": -0.2, " the": pytest.approx(-1.2)}
     assert list(logprobs["top_logprobs"][1].values()) == sorted(logprobs["top_logprobs"][1].values(), reverse=True)
@@ -381,7 +384,7 @@ def test_completions_stream_logprobs_count_offsets_across_chunks(v1):
                                                          "logprobs": 1}))
     pieces = [c["choices"][0] for c in events[:-1] if c["choices"][0]["text"]]
     assert [p["logprobs"]["tokens"] for p in pieces] == [[t] for t in TOKENS]
-    assert [p["logprobs"]["text_offset"] for p in pieces] == [[0], [4], [9], [11]]
+    assert [p["logprobs"]["text_offset"] for p in pieces] == [[4], [8], [13], [15]]
     assert events[-2]["choices"][0]["logprobs"] is None  # the finish chunk
 
 
