@@ -78,6 +78,7 @@ class Session:
         self.app = app
         self.svc = services()
         self.tenant: str | None = None
+        self.key: str | None = None  # the key it authenticated with: checked again on each inference
         self.jobs: dict[str, str] = {}  # request id -> job id, while unfinished
         self.lock = threading.Lock()
 
@@ -100,7 +101,7 @@ class Session:
 
     def refuse(self, exc: AuthenticationFailed, request_id: str | None = None) -> None:
         """An authentication failure ends the socket: the error, then close code 1008 (policy violation)."""
-        self.tenant = None
+        self.tenant = self.key = None
         with contextlib.suppress(ConnectionClosed):
             self.error(exc, request_id)
         self.close(CloseReason.POLICY_VIOLATION, "authentication failed")
@@ -126,7 +127,7 @@ class Session:
         """Authenticate with an API key; the request's ``g`` then holds it, as for HTTP (rate limits read it)."""
         record = self.svc.keyring.authenticate(key if isinstance(key, str) else None)
         g.api_key, g.tenant = record, record.tenant
-        self.tenant = record.tenant
+        self.tenant, self.key = record.tenant, key
 
     def run(self) -> None:
         settings = self.svc.settings
@@ -191,6 +192,12 @@ class Session:
     def inference(self, message: dict) -> None:
         if self.tenant is None:
             raise AuthenticationFailed("send {\"type\": \"auth\", \"token\": \"<key>\"} first")
+        if self.key is not None:  # a key revoked while the socket is open stops working, as over HTTP
+            try:
+                self.authenticate(self.key)
+            except AuthenticationFailed as exc:
+                self.refuse(exc, message.get("id") if isinstance(message.get("id"), str) else None)
+                return
         data = load_request(WebSocketInference(), message)
         limits = limits_for_caller()
         if limits is not None and (limits.rpm or limits.rph or limits.tpm):

@@ -166,3 +166,39 @@ def test_websocket_inference_messages_count_against_the_keys_rate_limit(live_set
     finally:
         ws.close()
         server.close()
+
+
+@pytest.mark.parametrize("through", ["auth message", "handshake header"])
+def test_a_key_revoked_while_its_websocket_is_open_stops_working(live_settings, live_redis, tinygpt_dir, through):
+    websocket = pytest.importorskip("websocket", reason="websocket-client is in the dev extra")
+    from api import create_app
+    from inferno_jobs.apikey import KeyRing
+    from inferno_jobs.config import Settings
+    from inferno_jobs.store import JobStore
+    from tests.integration.test_limits import close_code
+
+    settings = Settings.from_env({}, **{**live_settings.__dict__, "auth": "required"})
+    ring = KeyRing(live_redis, settings)
+    key, record, _ = ring.create("ws")
+    server = LiveServer(create_app(settings, redis_client=live_redis))
+    header = [f"X-API-Key: {key}"] if through == "handshake header" else []
+    ws = websocket.create_connection(server.url.replace("http", "ws") + "/ws", timeout=30, header=header)
+    inference = {"type": "inference", "model": "tiny-gpt", "prompt": "Once", "max_tokens": 2, "stream": True}
+    try:
+        if through == "auth message":
+            ws.send(json.dumps({"type": "auth", "token": key}))
+            assert json.loads(ws.recv()) == {"type": "auth", "authenticated": True}
+        ws.send(json.dumps({**inference, "id": "before"}))  # no worker: it waits queued, and no message comes
+        ws.send(json.dumps({"type": "ping", "id": "p"}))
+        assert json.loads(ws.recv())["type"] == "pong"
+        ring.revoke(record.id)
+        ws.send(json.dumps({**inference, "id": "after"}))
+        refused = json.loads(ws.recv())
+        assert refused["type"] == "error" and refused["id"] == "after", refused
+        assert refused["code"] == "AUTHENTICATION_FAILED"
+        assert close_code(ws) == 1008  # policy violation, as for a failed auth message
+        jobs, _ = JobStore(live_redis, settings).list(record.tenant, limit=10)
+        assert len(jobs) == 1  # the one sent before the revoke (canceled as the socket closed)
+    finally:
+        ws.close()
+        server.close()
