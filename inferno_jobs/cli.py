@@ -298,13 +298,18 @@ def _key_options(fn):
 
 
 @keys.command("create")
-@click.option("--tenant", default=None, help="Add the key to an existing tenant (default: a new tenant).")
+@click.option("--tenant", default=None, help="Add the key to this tenant (default: a new tenant); a tenant no "
+                                             "key has yet is made, with a note on stderr (a typo makes a new one).")
 @_key_options
 def keys_create(name: str, tenant: str | None, admin: bool, rpm, rph, tpm, concurrent, as_json: bool) -> None:
     """Create a key. The key is shown once; only its hash is stored."""
     limits = {k: v for k, v in {"rpm": rpm, "rph": rph, "tpm": tpm, "concurrent": concurrent}.items()
               if v is not None}
-    key, record, secret = _keyring().create(name, tenant, admin=admin, limits=limits)
+    ring = _keyring()
+    new_tenant = tenant is not None and not any(k.tenant == tenant for k in ring.list())
+    key, record, secret = ring.create(name, tenant, admin=admin, limits=limits)
+    if new_tenant:
+        click.echo(f"note: no key belonged to tenant {tenant!r}: it is a new tenant", err=True)
     if as_json:
         _print({"key": key, "tenant": record.tenant, "webhook_secret": secret, "id": record.id,
                 "admin": record.admin, "limits": record.limits or {}})

@@ -349,6 +349,19 @@ def test_rotate_secret_command(make_app, monkeypatch):
     assert missing.exit_code != 0 and "not found" in missing.output
 
 
+def test_keys_create_notes_a_tenant_that_no_key_had(make_app, monkeypatch):
+    import inferno_jobs.cli as cli
+
+    keyring = svc(make_app(auth="required")).keyring
+    _, record, _ = keyring.create("k")
+    monkeypatch.setattr(cli, "_keyring", lambda: keyring)
+    same = CliRunner().invoke(cli.main, ["keys", "create", "--name", "b", "--tenant", record.tenant, "--json"])
+    assert same.exit_code == 0 and same.stderr == "" and json.loads(same.stdout)["tenant"] == record.tenant
+    typo = CliRunner().invoke(cli.main, ["keys", "create", "--name", "c", "--tenant", record.tenant + "x", "--json"])
+    assert typo.exit_code == 0 and json.loads(typo.stdout)["tenant"] == record.tenant + "x"  # the seeds' --user
+    assert "new tenant" in typo.stderr
+
+
 def test_the_job_never_depends_on_its_webhook(app, celery_stub, receiver):
     rx = receiver(script=[(500, {})] * 10)
     job_id = submit_and_finish(app, rx.url)
