@@ -171,7 +171,7 @@ def test_security_api_key_create_is_keys_create_for_a_user(monkeypatch, fake_red
     result = CliRunner().invoke(cli.main, ["security", "api-key", "create", "--user", "acme", "--name", "My API Key",
                                            "--rpm", "7", "--json"], env=env)
     assert result.exit_code == 0, result.output
-    created = json.loads(result.output)
+    created = json.loads(result.stdout)  # stderr notes the new tenant
     record = KeyRing(fake_redis, settings).authenticate(created["key"])
     assert record.tenant == created["tenant"] == "acme" and record.name == "My API Key"
     assert record.limits == {"rpm": 7} and not record.admin
