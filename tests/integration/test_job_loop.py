@@ -130,9 +130,12 @@ def test_expired_by_the_reconciler_without_any_read(api, start_worker, live_sett
     wait_for(lambda: json.loads(live_redis.get(store.keys.job(job["id"])))["status"] == "expired", 15)
 
 
-def test_a_run_longer_than_timeout_s_is_timed_out(api, start_worker, slow_model):
+def test_a_run_longer_than_timeout_s_is_timed_out(api, start_worker, model_dir):
+    # Three times the slow model's work: that one ran in under a second in a fast phase of this machine, and
+    # well under the hard limit (timeout_s + 15 s) in a slow one
+    build_slow_model(model_dir, name="slower", iterations=1200)
     start_worker()
-    job = submit(api, {"type": "predict", "model": "slow", "input": {"features": [[1, 2, 3, 4]]}, "timeout_s": 1})
+    job = submit(api, {"type": "predict", "model": "slower", "input": {"features": [[1, 2, 3, 4]]}, "timeout_s": 1})
     done = wait_done(api, job["id"], timeout_s=60)
     assert done["status"] == "timed_out" and done["error"]["code"] == "TIMEOUT"
 
