@@ -299,7 +299,7 @@ class BatchStore:
         pipe.watch(parent)
         earlier = pipe.hget(parent, "retried_as")
         if earlier:
-            earlier = earlier.decode()
+            earlier = earlier.decode() if isinstance(earlier, bytes) else earlier
             raise Conflict(f"batch {batch.retry_of} was already retried as {earlier}; retry that batch instead",
                            details={"retried_as": earlier})
         pipe.multi()
