@@ -115,6 +115,10 @@ def create():
     parsed = Reader(job_type, limits=limits(), endpoint=data["endpoint"]).file(content, stored.filename, "jsonl")
     names = [line.model for line in parsed.lines if line.model]
     if not names:
+        bad = next((line for line in parsed.lines if not line.ok), None)
+        if bad is not None:  # a line's model counts once the line is valid: say why the first one is not
+            raise InvalidRequest(f"no line of the file is valid; line {bad.line}: {bad.error['message']}",
+                                 details={"field": "input_file_id", "line": bad.line})
         raise InvalidRequest("no line names its model in body.model", details={"field": "input_file_id"})
     model = services().models.get(names[0])
     model.check_serves(job_type)

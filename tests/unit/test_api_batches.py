@@ -460,3 +460,15 @@ def test_usage_sums_the_tokens_of_the_lines_that_succeeded_once(client, celery_s
     done = client.get(f"/batches/{batch['id']}").get_json()
     assert done["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
     assert done["usage"] == {"input_tokens": 6, "output_tokens": 4, "total_tokens": 10}
+
+
+def test_v1_batch_of_invalid_lines_only_says_why_the_first_is_invalid(client):
+    data = (b'{not json}\n' + json.dumps({"custom_id": "x", "method": "POST", "url": "/v1/chat/completions",
+                                          "body": {"model": "tiny-gpt"}}).encode() + b"\n")
+    file = client.post("/v1/files", data={"file": (io.BytesIO(data), "bad.jsonl"), "purpose": "batch"},
+                       content_type="multipart/form-data").get_json()
+    r = client.post("/v1/batches", json={"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                                         "completion_window": "24h"})
+    error = r.get_json()["error"]
+    assert r.status_code == 400 and error["param"] == "input_file_id"
+    assert error["message"].startswith("no line of the file is valid; line 1: "), error
