@@ -22,7 +22,7 @@ from inferno_jobs.errors import Conflict, InternalError, InvalidRequest, Payload
 from inferno_jobs.filestore import RedisFileStore
 from inferno_jobs.job import JobType, Priority, new_id, now
 from inferno_jobs.model import ModelConfig
-from inferno_jobs.schemas import GenerationParams, cursor_field
+from inferno_jobs.schemas import GenerationParams, WebhookUrl, cursor_field
 from inferno_jobs.ssrf import NetworkGuard
 
 bp = Blueprint("batches", __name__)
@@ -42,7 +42,7 @@ class BatchForm(Schema):
     type = fields.Enum(JobType, by_value=True, load_default=None)
     priority = fields.Enum(Priority, by_value=True, load_default=Priority.NORMAL)
     params = fields.String(load_default=None, metadata={"description": "JSON object of parameters for every line"})
-    webhook_url = fields.Url(schemes={"http", "https"}, require_tld=False, load_default=None)
+    webhook_url = WebhookUrl(load_default=None)
     format = fields.String(validate=validate.OneOf(["jsonl", "txt", "csv"]), load_default=None)
     metadata = fields.String(load_default=None, metadata={"description": "JSON object"})
     completion_window = fields.String(validate=validate.Regexp(COMPLETION_WINDOW), load_default=None,
@@ -61,7 +61,7 @@ class BatchRequest(Schema):
     requests = fields.List(fields.Raw(), required=True,
                            metadata={"description": "[{id, prompt | messages | input | features, ...params}]"})
     params = fields.Dict(load_default=None)
-    webhook_url = fields.Url(schemes={"http", "https"}, require_tld=False, load_default=None)
+    webhook_url = WebhookUrl(load_default=None)
     metadata = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict)
     completion_window = fields.String(validate=validate.Regexp(COMPLETION_WINDOW), load_default=None,
                                       metadata={"description": "e.g. 24h: lines not run by then end expired"})

@@ -121,9 +121,9 @@ def test_submit_refuses_internal_webhook_urls_naming_the_field(client, celery_st
     assert celery_stub.sent == []
     r = client.post("/jobs", json={**IRIS, "webhook": {"url": url}})
     assert r.status_code == 400 and "webhook" in r.get_json()["error"]["message"]
-    if url != "http://[::ffff:127.0.0.1]/hook":  # that literal marshmallow's URL check refuses before the guard
-        assert error["details"]["field"] == field
-        assert r.get_json()["error"]["details"]["field"] == "webhook.url"
+    # the guard's refusal (naming the address), not a URL check's: every IPv6 literal is a valid URL
+    assert error["details"]["field"] == field and "Not a valid URL" not in error["message"]
+    assert r.get_json()["error"]["details"]["field"] == "webhook.url"
 
 
 def test_submit_refuses_a_name_that_does_not_resolve(client, monkeypatch):
@@ -137,6 +137,12 @@ def test_submit_refuses_a_name_that_does_not_resolve(client, monkeypatch):
 def test_submit_accepts_an_allowed_network(make_app, dns):
     app = make_app(webhook_allowed_networks=("127.0.0.0/8",))
     assert app.test_client().post("/jobs", json={**IRIS, "webhook_url": "http://127.0.0.1:9/hook"}).status_code == 202
+    # an IPv4-mapped literal counts as the IPv4 address inside it
+    mapped = app.test_client().post("/jobs", json={**IRIS, "webhook": {"url": "http://[::ffff:127.0.0.1]:9/hook"}})
+    assert mapped.status_code == 202, mapped.get_json()
+    for broken in ("http://[::ffff:127.0.0.1/hook", "http://[zz::1]/hook", "ftp://[::1]/hook"):
+        r = app.test_client().post("/jobs", json={**IRIS, "webhook_url": broken})
+        assert r.status_code == 400 and "Not a valid URL" in str(r.get_json()["error"]["details"]), broken
     dns("93.184.216.34")
     assert app.test_client().post("/jobs", json={**IRIS, "webhook_url": "https://hooks.example.com/"}).status_code \
         == 202
