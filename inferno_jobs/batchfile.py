@@ -142,8 +142,26 @@ def _check_count(count: int, limits: Limits) -> None:
                               "(INFERNO_BATCH_MAX_LINES)", details={"lines": count, "limit": limits.max_lines})
 
 
+_CSV_HEADER_NAMES = {"custom_id", "id", "prompt", "text", "input"}
+
+
+def _looks_like_csv(data: bytes) -> bool:
+    """A header of two or more plain column names, one of them a column the CSV reader knows, and a next row of
+    as many fields (so a text line such as ``prompt, please`` stays a prompt)."""
+    text = data[:65536].decode("utf-8", "replace").lstrip("\ufeff")
+    try:
+        rows = csv.reader(line for line in text.splitlines(keepends=True) if line.strip())
+        header, first = next(rows), next(rows, None)
+    except (csv.Error, StopIteration):
+        return False
+    names = [h.strip().lower() for h in header]
+    return (len(names) >= 2 and all(re.fullmatch(r"[a-z_][a-z0-9_ ]*", n) for n in names)
+            and bool(_CSV_HEADER_NAMES & set(names)) and (first is None or len(first) == len(names)))
+
+
 def detect_format(filename: str | None, data: bytes) -> str:
-    """``jsonl``, ``txt`` or ``csv``: from the file name's extension, else from the first non-blank line."""
+    """``jsonl``, ``txt`` or ``csv``: from the file name's extension, else from the content (JSON objects, a CSV
+    header the reader knows, or else text)."""
     name = (filename or "").lower()
     if name.endswith((".jsonl", ".ndjson", ".json")):
         return "jsonl"
@@ -154,7 +172,9 @@ def detect_format(filename: str | None, data: bytes) -> str:
     # bytes.splitlines breaks only at \n, \r and \r\n (unlike str.splitlines), as the readers below do.
     for raw in data[:65536].splitlines():
         if raw.strip():
-            return "jsonl" if raw.lstrip(b"\xef\xbb\xbf \t").startswith(b"{") else "txt"
+            if raw.lstrip(b"\xef\xbb\xbf \t").startswith(b"{"):
+                return "jsonl"
+            return "csv" if _looks_like_csv(data) else "txt"
     return "txt"
 
 

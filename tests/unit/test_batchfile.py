@@ -204,6 +204,14 @@ def test_an_empty_file_is_refused():
 def test_format_detection():
     assert detect_format("a.jsonl", b"") == "jsonl" and detect_format("a.CSV", b"") == "csv"
     assert detect_format(None, b'\n{"prompt": 1}') == "jsonl" and detect_format("upload", b"hello") == "txt"
+    # a CSV header the reader knows, and a next row of as many fields
+    assert detect_format("noext", b'custom_id,prompt\r\nq1,"Hello, world"\nq2,bye\n') == "csv"
+    assert detect_format("rows", b"\xef\xbb\xbfid,a,b,c,d\nr1,5.1,3.5,1.4,0.2\n") == "csv"
+    assert detect_format("blob", b'ID,Text\nq1,"two\nlines"\n') == "csv"
+    assert detect_format("blob", b"custom_id,prompt\n") == "csv"
+    for text in (b"prompt, please\nWrite a poem\n", b"Hello, world\nbye, now\n", b"prompt,text\na,b,c\n",
+                 b"the id, then the text\nx, y\n"):
+        assert detect_format("upload", text) == "txt", text
 
 
 def test_openai_lines_accept_exactly_what_their_endpoint_accepts():
