@@ -142,7 +142,9 @@ def _check_count(count: int, limits: Limits) -> None:
                               "(INFERNO_BATCH_MAX_LINES)", details={"lines": count, "limit": limits.max_lines})
 
 
-_CSV_HEADER_NAMES = {"custom_id", "id", "prompt", "text", "input"}
+# A CSV file's columns the reader knows, first match wins: a line's custom_id, and its text.
+_ID_COLUMNS = ("custom_id", "id")
+_TEXT_COLUMNS = ("prompt", "text", "input")
 
 
 def _looks_like_csv(data: bytes) -> bool:
@@ -156,7 +158,7 @@ def _looks_like_csv(data: bytes) -> bool:
         return False
     names = [h.strip().lower() for h in header]
     return (len(names) >= 2 and all(re.fullmatch(r"[a-z_][a-z0-9_ ]*", n) for n in names)
-            and bool(_CSV_HEADER_NAMES & set(names)) and (first is None or len(first) == len(names)))
+            and bool({*_ID_COLUMNS, *_TEXT_COLUMNS} & set(names)) and (first is None or len(first) == len(names)))
 
 
 def detect_format(filename: str | None, data: bytes) -> str:
@@ -400,8 +402,8 @@ class Reader:
         except csv.Error as exc:
             raise InvalidRequest(f"the CSV header cannot be read: {exc}") from None
         names = [h.strip().lstrip("\ufeff").lower() for h in header]
-        id_col = next((names.index(n) for n in ("custom_id", "id") if n in names), None)
-        text_col = next((names.index(n) for n in ("prompt", "text", "input") if n in names), None)
+        id_col = next((names.index(n) for n in _ID_COLUMNS if n in names), None)
+        text_col = next((names.index(n) for n in _TEXT_COLUMNS if n in names), None)
         if self.type is JobType.PREDICT:
             feature_cols = [i for i in range(len(names)) if i != id_col]
         elif text_col is None:
