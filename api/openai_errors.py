@@ -48,9 +48,13 @@ def openai_error_body(exc: InfernoError) -> dict:
 
 
 def openai_error_response(exc: InfernoError):
-    """The response for ``exc`` on ``/v1``: OpenAI's body, the native status and ``Retry-After``."""
+    """The response for ``exc`` on ``/v1``: OpenAI's body, the native status and ``Retry-After``; ``X-Job-ID`` when
+    the error is a job's (it failed, or the wait for it ended)."""
     response = jsonify(openai_error_body(exc))
     response.status_code = exc.status
+    job_id = exc.details.get("job_id") if isinstance(exc.details, dict) else None
+    if isinstance(job_id, str):
+        response.headers["X-Job-ID"] = job_id
     if exc.retry_after_s is not None:
         response.headers["Retry-After"] = str(int(exc.retry_after_s))
     return response

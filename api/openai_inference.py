@@ -19,8 +19,8 @@ from api.jobs import check_context
 from api.openai_errors import init_blueprint, openai_error_body
 from api.openai_results import LegacyLogprobs, chat_choice, chat_logprobs, choices_of, completion_choice
 from api.request_context import services, tenant
-from api.sync_jobs import (KEEPALIVE, find_model, job_error, result_of, sse, sse_response, stream_tokens, submit_now,
-                           wait)
+from api.sync_jobs import (KEEPALIVE, find_model, job_error, result_of, sse, sse_response, started_tokens,
+                           submit_now, wait)
 from inferno_jobs.errors import Conflict, InvalidRequest, JobNotFound
 from inferno_jobs.job import Job, JobStatus, JobType
 from inferno_jobs.openai_request import ChatRequest, CompletionRequest, EmbeddingRequest, job_input, sampling
@@ -74,7 +74,7 @@ def chat_completions():
     model = _generation_model(data["model"], JobType.CHAT, chat.get("max_tokens"))
     job = submit_now({"type": JobType.CHAT, "model": model.name, "input": chat}, owner, stream=data["stream"])
     if data["stream"]:
-        return sse_response(_chat_chunks(job, _include_usage(data)), job.id)
+        return sse_response(_chat_chunks(job, started_tokens(job), _include_usage(data)), job.id)
     (job,) = wait([job])
     result = result_of(job)
     return _json(job, {
@@ -84,14 +84,14 @@ def chat_completions():
     })
 
 
-def _chat_chunks(job: Job, include_usage: bool):
+def _chat_chunks(job: Job, tokens, include_usage: bool):
     def chunk(delta: dict, finish_reason=None, logprobs=None) -> dict:
         return {"id": job.id, "object": "chat.completion.chunk", "created": int(job.created_at), "model": job.model,
                 "system_fingerprint": None,
                 "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
     yield sse(chunk({"role": "assistant", "content": ""}))
-    for kind, value in stream_tokens(job):
+    for kind, value in tokens:
         if kind == "token":
             # With logprobs asked, each piece carries the entries of the tokens it completes (maybe none).
             yield sse(chunk({"content": value["token"]}, logprobs=chat_logprobs(value.get("logprobs"))))
@@ -140,7 +140,7 @@ def completions():
         _cancel(jobs)  # all or nothing: the prompts already queued would run for nobody
         raise
     if data["stream"]:
-        return sse_response(_completion_chunks(jobs[0], _include_usage(data)), jobs[0].id)
+        return sse_response(_completion_chunks(jobs[0], started_tokens(jobs[0]), _include_usage(data)), jobs[0].id)
     jobs = wait(jobs)
     results = [result_of(job) for job in jobs]
     usage = {key: sum(r["usage"][key] for r in results) for key in ("prompt_tokens", "completion_tokens",
@@ -154,14 +154,14 @@ def completions():
     }, job_ids=[job.id for job in jobs])
 
 
-def _completion_chunks(job: Job, include_usage: bool):
+def _completion_chunks(job: Job, tokens, include_usage: bool):
     def chunk(text: str, finish_reason=None, logprobs=None) -> dict:
         return {"id": job.id, "object": "text_completion", "created": int(job.created_at), "model": job.model,
                 "system_fingerprint": None,
                 "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}]}
 
     legacy = LegacyLogprobs(len(job.input["prompt"]))  # text_offset counts across the chunks, from the prompt's start
-    for kind, value in stream_tokens(job):
+    for kind, value in tokens:
         if kind == "token":
             entries = value.get("logprobs")
             logprobs = None if entries is None else legacy.add(value["token"], entries)

@@ -9,6 +9,7 @@ forwards the tokens as the worker publishes them; if its client goes away, the j
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -174,6 +175,19 @@ def _cancel_unless_finished(body: Iterator[str], store: JobStore, job_id: str) -
         if not finished:
             with contextlib.suppress(Conflict, JobNotFound):
                 store.cancel(job_id)
+
+
+def started_tokens(job: Job) -> Iterator[tuple[str, object]]:
+    """:func:`stream_tokens`, read up to its first piece, quiet tick or end before the response starts: a job that
+    fails before its first piece (a prompt over the model's context, a template error) raises its error here, so the
+    call answers that error's HTTP status, as OpenAI's API does, instead of 200 and an error event."""
+    items = stream_tokens(job)
+    first = next(items)
+    kind, value = first
+    if kind == "error" or (kind == "end" and value.status not in (JobStatus.SUCCEEDED, JobStatus.CANCELED)):
+        items.close()
+        raise value if kind == "error" else job_error(value)
+    return itertools.chain([first], items)
 
 
 def stream_tokens(job: Job) -> Iterator[tuple[str, object]]:

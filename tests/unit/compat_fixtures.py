@@ -10,6 +10,7 @@ import time
 import pytest
 
 from inferno_jobs import resultcache
+from inferno_jobs.errors import ContextLengthExceeded
 from inferno_jobs.model import ModelRepository
 from inferno_jobs.store import JobStore
 from tests.conftest import RecordingCelery
@@ -24,6 +25,7 @@ CONFIGS = {
     "diabetes": {"type": "predict", "task": "regression", "n_features": 10},
 }
 TOKENS = ["Once", " upon", " a", " time"]
+TOO_LONG = "a prompt the fake model finds too long"
 ALTERNATIVES = [" the", " and", "!", " é", " of"]  # a fake model's runners-up, most likely first
 
 
@@ -102,6 +104,8 @@ def fake_generate(item: dict, on_token=None, should_stop=None) -> dict:
 
 
 def fake_stream(model: str, item: dict, on_token, should_stop) -> dict:
+    if item.get("prompt") == TOO_LONG:
+        raise ContextLengthExceeded("the prompt has 300 tokens; the context holds 256", details={"context_length": 256})
     return fake_generate(item, on_token, should_stop)
 
 

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.unit.compat_fixtures import (TOKENS, app_of, compat_models, fake_entry, inline,  # noqa: F401
-                                       sse_events)
+from tests.unit.compat_fixtures import (TOKENS, TOO_LONG, app_of, compat_models, fake_entry,  # noqa: F401
+                                       inline, sse_events)
 
 CHAT = {"model": "tiny-gpt", "messages": [{"role": "user", "content": "Hello!"}]}
 
@@ -49,6 +49,17 @@ def test_chat_stream_sends_chunks_as_tokens_then_done(v1, inline):
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == len(TOKENS)
     job = v1.get(f"/jobs/{chunks[0]['id']}").get_json()
     assert job["status"] == "succeeded"
+
+
+def test_a_stream_that_fails_before_its_first_piece_answers_the_error_status(v1, inline):
+    r = v1.post("/v1/completions", json={"model": "tiny-gpt", "prompt": TOO_LONG, "stream": True})
+    assert r.status_code == 400 and r.mimetype == "application/json"
+    error = r.get_json()["error"]
+    assert error["code"] == "context_length_exceeded" and "context holds 256" in error["message"]
+    job = v1.get(f"/jobs/{r.headers['X-Job-ID']}").get_json()
+    assert job["status"] == "failed"
+    chat = v1.post("/v1/chat/completions", json={**CHAT, "stream": True})  # and one that starts still streams
+    assert chat.status_code == 200 and sse_events(chat)[-1] == "[DONE]"
 
 
 def test_completions_take_one_prompt_or_a_list(v1):
