@@ -208,7 +208,8 @@ def check_embedding_input(value) -> list[str]:
         where = "" if isinstance(value, str) else f" (item {i})"
         if not isinstance(text, str):
             raise ValidationError(f"input must be a string or a list of strings{where}; token arrays are not "
-                                  "supported", "input")
+                                  "supported (LangChain's OpenAIEmbeddings sends them unless "
+                                  "check_embedding_ctx_length=False)", "input")
         if not text.strip():
             raise ValidationError(f"input is required{where}", "input")
         if len(text) > MAX_EMBEDDING_CHARS:

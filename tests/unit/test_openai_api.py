@@ -100,6 +100,8 @@ ROWS = [
      "max_tokens"),
     ("/v1/embeddings", {"model": "minilm", "input": ""}, 400, "input is required", "input"),
     ("/v1/embeddings", {"model": "minilm", "input": "a" * 8001}, 400, "input length must not exceed 8000", "input"),
+    ("/v1/embeddings", {"model": "minilm", "input": [[9906, 1917]]}, 400, "check_embedding_ctx_length=False",
+     "input"),
     ("/v1/chat/completions", {**CHAT, "model": "unknown"}, 404, "model not found", "model"),
 ]
 
