@@ -21,7 +21,7 @@ from inferno_jobs.circuit import CircuitBreaker
 from inferno_jobs.custom_metrics import CustomMetricRequest, CustomMetrics, CustomMetricSample
 from inferno_jobs.job import now
 from inferno_jobs.metrics import SPECS, Metrics
-from inferno_jobs.queue import WEBHOOK_QUEUE, all_queues
+from inferno_jobs.queue import POOLS, WEBHOOK_QUEUE, all_queues
 
 bp = Blueprint("metrics", __name__)
 
@@ -69,7 +69,7 @@ class RedisCollector:
         per_pool: dict[str, int] = {}
         for beat in workers_online():
             per_pool[beat.get("pool", "cpu")] = per_pool.get(beat.get("pool", "cpu"), 0) + 1
-        for pool in sorted(set(per_pool) | {"cpu"}):
+        for pool in sorted(set(per_pool) | set(POOLS) | {"webhooks"}):  # 0, not absent, for a pool with none online
             online.add_metric([pool], per_pool.get(pool, 0))
         yield online
 

@@ -70,6 +70,8 @@ def test_gauges_webhooks_workers_and_models(make_app, fake_redis):
     Metrics(fake_redis, keys).inc(WEBHOOK_DELIVERIES, ("job.succeeded", "delivered"))
     samples = scrape(app.test_client())
     assert value(samples, "inferno_workers_online", pool="cpu") == 1
+    assert value(samples, "inferno_workers_online", pool="gpu") == value(samples, "inferno_workers_online",
+                                                                        pool="webhooks") == 0
     assert value(samples, "inferno_model_loaded_processes", model="iris") == 1
     assert value(samples, "inferno_model_loaded_processes", model="diabetes") == 0
     assert value(samples, "inferno_webhook_deliveries_total", event="job.succeeded", outcome="delivered") == 1
