@@ -3,7 +3,8 @@
 ``POST /v1/batches`` takes an uploaded file of OpenAI batch lines (``{"custom_id", "method": "POST", "url",
 "body"}``), an ``endpoint`` (``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``) and a
 ``completion_window``. Every line names the same model in ``body.model``; a line naming another fails alone.
-Statuses map ``queued``/``running`` -> ``in_progress`` and ``canceled`` -> ``cancelled``.
+Statuses map ``queued``/``running`` -> ``in_progress`` and ``canceled`` -> ``cancelling`` while a chunk that was
+running at the cancel runs on, then ``cancelled``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from inferno_jobs.batchfile import OPENAI_ENDPOINTS, Reader
 from inferno_jobs.errors import InvalidRequest
 from inferno_jobs.job import JobType
 from inferno_jobs.schemas import cursor_field
+from workers.celery_app import HARD_LIMIT_GRACE_S
 
 bp = Blueprint("openai_batches", __name__, url_prefix="/v1")
 init_blueprint(bp)
@@ -70,9 +72,21 @@ def _in_progress_at(batch: Batch) -> int | None:
     return int(batch.created_at)
 
 
+def _settling(batch: Batch) -> bool:
+    """Whether a canceled or expired batch still has a chunk running: it may store results."""
+    return bool(batch.chunks_running_since) and batch.settling(
+        services().settings.batch_chunk_timeout_s + HARD_LIMIT_GRACE_S)
+
+
 def openai_batch(batch: Batch) -> dict:
-    """OpenAI's batch object for ``batch``."""
+    """OpenAI's batch object for ``batch``: a canceled batch is ``cancelling`` while a chunk that was running
+    when it was canceled runs on, then ``cancelled``; an ended batch has its output and error files once no chunk
+    runs."""
+    canceled = batch.status is BatchStatus.CANCELED
+    settling = _settling(batch)
     ended = batch.finished_at if batch.status.terminal else None
+    files = ended is not None and not settling  # an ended batch's files, once no chunk adds to them
+    status = "cancelling" if canceled and settling else _STATUS[batch.status]
     errors = None
     if batch.errors:
         errors = {"object": "list", "data": [{"code": e.get("code", "").lower(), "message": e.get("message"),
@@ -85,9 +99,9 @@ def openai_batch(batch: Batch) -> dict:
         "errors": errors,
         "input_file_id": batch.input_file_id,
         "completion_window": batch.completion_window or "24h",
-        "status": _STATUS[batch.status],
-        "output_file_id": batch_file_id(batch, "output") if ended and has_lines(batch, "output") else None,
-        "error_file_id": batch_file_id(batch, "errors") if ended and has_lines(batch, "errors") else None,
+        "status": status,
+        "output_file_id": batch_file_id(batch, "output") if files and has_lines(batch, "output") else None,
+        "error_file_id": batch_file_id(batch, "errors") if files and has_lines(batch, "errors") else None,
         "created_at": int(batch.created_at),
         "in_progress_at": _in_progress_at(batch),
         "expires_at": int(batch.expires_at or batch.created_at + window_s("24h")),
@@ -95,8 +109,8 @@ def openai_batch(batch: Batch) -> dict:
         "completed_at": _ts(ended if batch.status is BatchStatus.COMPLETED else None),
         "failed_at": _ts(ended if batch.status is BatchStatus.FAILED else None),
         "expired_at": _ts(ended if batch.status is BatchStatus.EXPIRED else None),
-        "cancelling_at": _ts(ended if batch.status is BatchStatus.CANCELED else None),
-        "cancelled_at": _ts(ended if batch.status is BatchStatus.CANCELED else None),
+        "cancelling_at": _ts(ended if canceled else None),
+        "cancelled_at": _ts((batch.settled_at or ended) if canceled and not settling else None),
         "request_counts": batch.request_counts,
         "usage": {**batch.usage, "input_tokens_details": {"cached_tokens": 0},
                   "output_tokens_details": {"reasoning_tokens": 0}},
@@ -141,7 +155,8 @@ def retrieve(batch_id: str):
 
 @bp.post("/batches/<batch_id>/cancel")
 def cancel(batch_id: str):
-    """Cancel a batch (``cancelled`` at once: chunks not started never run)."""
+    """Cancel a batch: chunks not started never run; ``cancelling`` until the chunks running finish, then
+    ``cancelled``."""
     batch = batch_store().cancel(batch_id, tenant())
     dispatch_webhooks()
     return jsonify(openai_batch(batch))

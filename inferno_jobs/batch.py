@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from inferno_jobs.errors import IllegalTransition
-from inferno_jobs.job import JobType, Priority, isoformat
+from inferno_jobs.job import JobType, Priority, isoformat, now
 
 
 class BatchStatus(str, Enum):
@@ -77,6 +77,9 @@ def check_transition(batch_id: str, before: BatchStatus, to: BatchStatus) -> Non
                                 details={"status": before.value})
 
 
+RUNNING_CHUNK = "run:"  # a batch hash field per chunk running now: "run:<index>" -> when it started
+
+
 @dataclass
 class Batch:
     """A batch as stored: immutable ``meta`` plus the fields that change (status, counters, times)."""
@@ -97,6 +100,10 @@ class Batch:
     output_tokens: int = 0  # and their generated tokens
     started_at: float | None = None
     finished_at: float | None = None
+    # When each chunk running now started (a dead worker's chunk stays until its message comes back), and when the
+    # last chunk still running at a cancel or expiry stored its results.
+    chunks_running_since: tuple[float, ...] = ()
+    settled_at: float | None = None
     webhook: dict | None = None
     metadata: dict = field(default_factory=dict)
     input_file_id: str | None = None
@@ -132,8 +139,15 @@ class Batch:
         return cls(id=batch_id, status=BatchStatus(data["status"]), completed=int(data.get("completed", 0)),
                    failed=int(data.get("failed", 0)), chunks=int(data.get("chunks", 0)),
                    input_tokens=int(data.get("input_tokens", 0)), output_tokens=int(data.get("output_tokens", 0)),
-                   started_at=num("started_at"), finished_at=num("finished_at"),
+                   started_at=num("started_at"), finished_at=num("finished_at"), settled_at=num("settled_at"),
+                   chunks_running_since=tuple(float(v) for k, v in data.items() if k.startswith(RUNNING_CHUNK)),
                    retried_as=data.get("retried_as") or None, errors=json.loads(data.get("errors") or "[]"), **meta)
+
+    def settling(self, chunk_limit_s: float) -> bool:
+        """Whether the batch ended (canceled or expired) while a chunk still runs that may store results: one that
+        started within ``chunk_limit_s`` (a chunk's hard time limit) of now."""
+        return self.status in (BatchStatus.CANCELED, BatchStatus.EXPIRED) and any(
+            started > now() - chunk_limit_s for started in self.chunks_running_since)
 
     @property
     def expires_at(self) -> float | None:

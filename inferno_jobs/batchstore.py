@@ -2,7 +2,8 @@
 
 A batch is a few keys, not one job record per line (docs/batches.md):
 
-- ``batch:<id>`` a hash: ``meta`` (JSON, never changes), ``status``, ``completed``, ``failed``, ``chunks``, times;
+- ``batch:<id>`` a hash: ``meta`` (JSON, never changes), ``status``, ``completed``, ``failed``, ``chunks``, times,
+  and ``run:<chunk>`` (when it started) for each chunk running now;
 - ``batch:<id>:items`` item index -> ``{"l": line, "c": custom_id, "i": input or null}``;
 - ``batch:<id>:results`` item index -> ``S<result JSON>`` or ``F<error JSON>``: the JSON is spliced into the
   results file as it is, never parsed again;
@@ -31,16 +32,20 @@ from inferno_jobs.job import new_id, now
 from inferno_jobs.keyspace import Keyspace
 from inferno_jobs.webhooks import queue_body
 
-# Mark a chunk started; moves the batch to running. 0: do not run it (done already, or the batch ended).
+# Mark a chunk started (its "run:<index>" field: when); moves the batch to running. 0: do not run it (done
+# already, or the batch ended: a message of a chunk that was running comes back only once its worker is gone, so
+# its mark goes).
 _START = """
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'running' then return 1 end
 if status == 'validating' or status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2])
-  return 1
+elseif status ~= 'running' then
+  redis.call('HDEL', KEYS[1], 'run:' .. ARGV[1])
+  return 0
 end
-return 0
+redis.call('HSET', KEYS[1], 'run:' .. ARGV[1], ARGV[2])
+return 1
 """
 
 # Store one chunk's outcomes once; the last chunk ends the batch (completed if any line succeeded) and queues
@@ -65,8 +70,13 @@ if bad > 0 then redis.call('HINCRBY', KEYS[1], 'failed', bad) end
 if input_tokens > 0 then redis.call('HINCRBY', KEYS[1], 'input_tokens', input_tokens) end
 if output_tokens > 0 then redis.call('HINCRBY', KEYS[1], 'output_tokens', output_tokens) end
 redis.call('SADD', KEYS[3], ARGV[1])
-if redis.call('SCARD', KEYS[3]) < tonumber(redis.call('HGET', KEYS[1], 'chunks')) then return 1 end
+redis.call('HDEL', KEYS[1], 'run:' .. ARGV[1])
 local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'canceled' or status == 'expired' then
+  redis.call('HSET', KEYS[1], 'settled_at', ARGV[2])
+  return 1
+end
+if redis.call('SCARD', KEYS[3]) < tonumber(redis.call('HGET', KEYS[1], 'chunks')) then return 1 end
 if status ~= 'validating' and status ~= 'queued' and status ~= 'running' then return 1 end
 local final, event = 'failed', ARGV[5]
 if tonumber(redis.call('HGET', KEYS[1], 'completed')) > 0 then final, event = 'completed', ARGV[4] end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import pytest
 
@@ -341,19 +342,33 @@ def test_v1_files_and_batches_with_openai_shapes(client, celery_stub, batches, f
     assert bad.status_code == 400 and bad.get_json()["error"]["param"] == "purpose"
 
 
-def test_v1_batch_of_embeddings_end_to_end_with_a_fake_engine(client, celery_stub, batches, model_dir):
+def fake_embedding_model(model_dir, name="fake-embed", max_batch_size=8) -> str:
+    """An embedding model's config over iris's files (the engine is faked)."""
     import shutil
 
-    target = model_dir / "fake-embed"
+    target = model_dir / name
     if not target.exists():
         shutil.copytree(model_dir / "iris", target)
         config = json.loads((target / "config.json").read_text())
-        (target / "config.json").write_text(json.dumps({**config, "type": "embedding", "max_batch_size": 8}))
+        (target / "config.json").write_text(json.dumps({**config, "type": "embedding",
+                                                        "max_batch_size": max_batch_size}))
+    return name
+
+
+def v1_upload(client, lines: list[dict]) -> dict:
+    data = ("\n".join(json.dumps(l) for l in lines) + "\n").encode()
+    return client.post("/v1/files", data={"file": (io.BytesIO(data), "in.jsonl"), "purpose": "batch"},
+                       content_type="multipart/form-data").get_json()
+
+
+FAKE_VECTOR = {"embeddings": [[0.5, 0.5]], "dim": 2, "usage": {"prompt_tokens": 1, "total_tokens": 1}}
+
+
+def test_v1_batch_of_embeddings_end_to_end_with_a_fake_engine(client, celery_stub, batches, model_dir):
+    fake_embedding_model(model_dir)
     lines = [{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": "fake-embed", "input": "x"}},
              {"custom_id": "b", "method": "POST", "url": "/v1/embeddings", "body": {"model": "other", "input": "y"}}]
-    data = ("\n".join(json.dumps(l) for l in lines) + "\n").encode()
-    file = client.post("/v1/files", data={"file": (io.BytesIO(data), "in.jsonl"), "purpose": "batch"},
-                       content_type="multipart/form-data").get_json()
+    file = v1_upload(client, lines)
     created = client.post("/v1/batches", json={"input_file_id": file["id"], "endpoint": "/v1/embeddings",
                                                "completion_window": "24h", "metadata": {"k": "v"}})
     assert created.status_code == 200, created.get_json()
@@ -361,8 +376,7 @@ def test_v1_batch_of_embeddings_end_to_end_with_a_fake_engine(client, celery_stu
     assert batch["status"] == "in_progress" and batch["endpoint"] == "/v1/embeddings"
     assert batch["input_file_id"] == file["id"] and batch["metadata"] == {"k": "v"}
     assert batch["output_file_id"] is None
-    run_all(batches, celery_stub, lambda model, inputs: [
-        {"embeddings": [[0.5, 0.5]], "dim": 2, "usage": {"prompt_tokens": 1, "total_tokens": 1}} for _ in inputs])
+    run_all(batches, celery_stub, lambda model, inputs: [FAKE_VECTOR for _ in inputs])
     done = client.get(f"/v1/batches/{batch['id']}").get_json()
     assert done["status"] == "completed" and done["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
     out = [json.loads(l) for l in client.get(f"/v1/files/{done['output_file_id']}/content").get_data(True).splitlines()]
@@ -385,6 +399,49 @@ def test_v1_batch_of_embeddings_end_to_end_with_a_fake_engine(client, celery_stu
                                          "completion_window": "24h"})
     assert r.status_code == 400 and r.get_json()["error"]["param"] == "endpoint"
     assert client.post(f"/v1/batches/{batch['id']}/cancel").status_code == 409
+
+
+def test_a_v1_batch_is_cancelling_while_a_chunk_that_was_running_runs_on(client, celery_stub, batches, model_dir):
+    model = fake_embedding_model(model_dir, "fake-embed-1", max_batch_size=1)
+    file = v1_upload(client, [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/embeddings",
+                               "body": {"model": model, "input": "x"}} for i in range(3)])
+    batch = client.post("/v1/batches", json={"input_file_id": file["id"], "endpoint": "/v1/embeddings",
+                                             "completion_window": "24h"}).get_json()
+    chunks = [s["args"] for s in celery_stub.sent if s["name"] == "inferno.run_batch_chunk"]
+    assert len(chunks) == 3
+    during = []
+
+    def engine(model, inputs):  # the batch is canceled while this chunk runs
+        during.append(client.post(f"/v1/batches/{batch['id']}/cancel").get_json())
+        return [FAKE_VECTOR for _ in inputs]
+    runner = ChunkRunner(batches, engine)
+    assert runner.run(*chunks[0]) == 1
+    (cancelling,) = during
+    assert cancelling["status"] == "cancelling" and cancelling["cancelling_at"]
+    assert cancelling["cancelled_at"] is None and cancelling["output_file_id"] is None
+    assert client.get(f"/batches/{batch['id']}").get_json()["status"] == "canceled"  # the native status: at once
+    assert [runner.run(*args) for args in chunks[1:]] == [None, None]  # never started
+    cancelled = client.get(f"/v1/batches/{batch['id']}").get_json()
+    assert cancelled["status"] == "cancelled" and cancelled["cancelled_at"] >= cancelled["cancelling_at"]
+    assert cancelled["request_counts"] == {"total": 3, "completed": 1, "failed": 0}
+    out = client.get(f"/v1/files/{cancelled['output_file_id']}/content").get_data(True).splitlines()
+    assert [json.loads(l)["custom_id"] for l in out] == ["c0"]
+
+
+def test_a_chunk_whose_worker_died_does_not_keep_a_canceled_batch_cancelling(client, celery_stub, batches,
+                                                                             model_dir, fake_redis):
+    model = fake_embedding_model(model_dir, "fake-embed-1", max_batch_size=1)
+    file = v1_upload(client, [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/embeddings",
+                               "body": {"model": model, "input": "x"}} for i in range(2)])
+    batch = client.post("/v1/batches", json={"input_file_id": file["id"], "endpoint": "/v1/embeddings",
+                                             "completion_window": "24h"}).get_json()
+    key = batches.keys.batch(batch["id"])
+    assert batches.start_chunk(batch["id"], 0) and batches.start_chunk(batch["id"], 1)  # both die running
+    fake_redis.hset(key, "run:0", time.time() - 3600)  # past any chunk's hard time limit
+    assert client.post(f"/v1/batches/{batch['id']}/cancel").get_json()["status"] == "cancelling"  # chunk 1
+    assert not batches.start_chunk(batch["id"], 1)  # its message comes back once its worker is gone: no run
+    assert not fake_redis.hexists(key, "run:1")
+    assert client.get(f"/v1/batches/{batch['id']}").get_json()["status"] == "cancelled"
 
 
 def test_openapi_lists_the_batch_routes(client):
