@@ -19,7 +19,11 @@ from urllib.parse import quote
 import requests
 
 from inferno_jobs.batch import BATCH_TERMINAL_VALUES
-from inferno_jobs.errors import ERRORS_BY_CODE, InfernoError, InternalError, InvalidRequest, Timeout
+# The error classes a client call raises, importable from here: ``except client.JobNotFound``.
+from inferno_jobs.errors import (ERRORS_BY_CODE, AuthenticationFailed, AuthorizationFailed, Conflict,  # noqa: F401
+                                 ContextLengthExceeded, InferenceFailed, InfernoError, InternalError, InvalidRequest,
+                                 JobNotFound, ModelNotFound, ModelNotLoaded, NotFound, PayloadTooLarge,
+                                 RateLimitExceeded, Timeout)
 from inferno_jobs.job import TERMINAL, JobStatus
 
 

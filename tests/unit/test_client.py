@@ -112,6 +112,13 @@ def test_an_answer_that_is_not_json_is_an_internal_error_not_a_decode_error(stub
 
 # -- error answers ------------------------------------------------------------------------------------------
 
+def test_every_error_class_an_answer_can_raise_is_importable_from_the_client():
+    from inferno_jobs import client
+    from inferno_jobs.errors import ERRORS_BY_CODE
+
+    assert all(getattr(client, cls.__name__) is cls for cls in ERRORS_BY_CODE.values())
+
+
 def test_retry_after_fills_retry_after_s_on_a_429_and_a_503(stub):
     limited = stub([(429, {"Retry-After": "58"}, error_body("RATE_LIMIT_EXCEEDED"))])
     with pytest.raises(RateLimitExceeded) as raised:
