@@ -168,8 +168,11 @@ def list_workers():
 def worker_nodes() -> list[dict]:
     """Every worker node that sent a heartbeat, by name, as ``WorkerInfo`` (also the seeds' ``/services`` and
     ``/stats``, api/seed_services.py)."""
+    from api.models import worker_reports  # api.models imports this module
+
     svc = services()
     online = {w["hostname"] for w in workers_online()}
+    reports = worker_reports()
     nodes = []
     for raw in svc.redis.hgetall(svc.store.keys.workers()).values():
         beat = json.loads(raw)
@@ -177,7 +180,7 @@ def worker_nodes() -> list[dict]:
         nodes.append({"name": name, "host": name.partition("@")[2] or name, "pool": beat.get("pool"),
                       "queues": beat.get("queues") or [], "healthy": name in online,
                       "last_seen": beat.get("last_seen"),
-                      **worker_stats(svc.redis, svc.store.keys, name)})
+                      **worker_stats(svc.redis, svc.store.keys, name, reports=reports)})
     nodes.sort(key=lambda n: n["name"])
     return nodes
 

@@ -147,10 +147,11 @@ def unload_models():
     """Unload ``?model=<id>``, or every model some worker has loaded (a later job loads its model again)."""
     require_admin()
     name = request.args.get("model")
-    names = [services().models.get(name).name] if name else sorted(loaded_models())
-    if not names:
+    held = loaded_models()
+    names = [services().models.get(name).name] if name else sorted(held)
+    done = bool(names) and apply_command(names, "unload")  # a model no worker holds now is unpinned all the same
+    if not held.intersection(names):
         return jsonify(SeedUnloadResponse().dump({"success": True, "message": "No model was loaded", "models": []}))
-    done = apply_command(names, "unload")
     # The seed's message whatever the count (``models`` lists them): clients compare it.
     message = "Model unloaded successfully" if done \
         else "Unload requested; some workers still have the model loaded (GET /models shows loaded)"

@@ -180,8 +180,13 @@ def record_worker_jobs(client: redis.Redis, keys: Keyspace, hostname: str, jobs:
         pipe.execute()
 
 
-def worker_stats(client: redis.Redis, keys: Keyspace, hostname: str, horizon_s: float = 300) -> dict:
-    """One node's counters: ``jobs_done``, ``errors``, ``mean_run_time_s`` and the models its processes hold."""
+def worker_stats(client: redis.Redis, keys: Keyspace, hostname: str, horizon_s: float = 300,
+                 reports: dict[str, dict] | None = None) -> dict:
+    """One node's counters: ``jobs_done``, ``errors``, ``mean_run_time_s`` and the models its processes hold.
+
+    A process's models are the ones it held at its last jobs, or, when newer, the ones its last report of loaded
+    models gives (``reports``: process -> report, as ``api.models.worker_reports`` reads them), so an unload shows
+    at once."""
     raw = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
            for k, v in client.hgetall(keys.worker_stats(hostname)).items()}
     done = int(raw.get("jobs_done", 0))
@@ -189,7 +194,10 @@ def worker_stats(client: redis.Redis, keys: Keyspace, hostname: str, horizon_s: 
     for field, value in raw.items():
         if field.startswith("models:"):
             report = json.loads(value)
-            if report.get("at", 0) >= now() - horizon_s:
+            latest = (reports or {}).get(field[len("models:"):])
+            if latest is not None and latest.get("reported_at", 0) >= report.get("at", 0):
+                models.update(latest.get("models", []))
+            elif report.get("at", 0) >= now() - horizon_s:
                 models.update(report.get("models", []))
     return {"jobs_done": done, "errors": int(raw.get("errors", 0)),
             "mean_run_time_s": round(float(raw.get("run_ms", 0)) / done / 1000, 6) if done else None,

@@ -116,6 +116,10 @@ def test_workers_view(client, fake_redis):
     box = next(w for w in body["workers"] if w["name"] == "cpu@box")
     assert box["host"] == "box" and box["healthy"] and box["models"] == ["iris"]
     assert box["jobs_done"] == 1 and box["errors"] == 1 and box["mean_run_time_s"] >= 0
+    # The process unloads iris and reports it (a model command, no job since): the view follows at once.
+    fake_redis.hset(store.keys.loaded_models(), "box:1", json.dumps({"models": [], "reported_at": now() + 1}))
+    box = next(w for w in client.get("/workers").get_json()["workers"] if w["name"] == "cpu@box")
+    assert box["models"] == []
 
 
 def test_fair_share_claims_the_other_tenants_job_next(fake_redis, settings):
