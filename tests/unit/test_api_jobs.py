@@ -66,6 +66,8 @@ def test_every_response_carries_a_request_id(client):
     ({**IRIS, "input": {"features": [[1, 2, 3]]}}, 400, "INVALID_REQUEST", None),
     ({**IRIS, "ttl_s": "soon"}, 400, "INVALID_REQUEST", "ttl_s"),
     ({**IRIS, "ttl_s": 0}, 400, "INVALID_REQUEST", "ttl_s"),
+    ({**IRIS, "ttl_s": 604801}, 400, "INVALID_REQUEST", "ttl_s"),  # INFERNO_MAX_TTL_S: refused, not clamped
+    ({**IRIS, "timeout_s": 86401}, 400, "INVALID_REQUEST", "timeout_s"),
     ({**IRIS, "surprise": 1}, 400, "INVALID_REQUEST", "surprise"),
     ({**IRIS, "webhook_url": "ftp://x"}, 400, "INVALID_REQUEST", "webhook_url"),
     ({**IRIS, "model": "nope"}, 404, "MODEL_NOT_FOUND", None),
