@@ -13,7 +13,8 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from inferno_jobs.errors import InvalidRequest
 # The OpenAI bodies live in the core, where batch lines are validated with them too; re-exported for the seeds.
 from inferno_jobs.openai_request import (ChatRequest, CompatSchema, CompletionRequest, EmbeddingRequest,  # noqa: F401
-                                         Generation, Message, between, check_embedding_input, required_messages)
+                                         Generation, Message, between, check_embedding_input, error_fields,
+                                         required_messages)
 
 
 class InferenceRequest(Generation):
@@ -98,22 +99,10 @@ def load_request(schema: Schema, data) -> dict:
     try:
         return schema.load(data)
     except ValidationError as exc:
-        problems = list(_flatten(exc.messages))
+        problems = list(error_fields(exc.messages))
         first_field = problems[0][0] if problems else None
         text = "; ".join(_phrase(field, message) for field, message in problems) or "invalid request"
         raise InvalidRequest(text, details={"field": first_field, "errors": exc.messages}) from exc
-
-
-def _flatten(messages, prefix: str = ""):
-    if isinstance(messages, dict):
-        for key, value in messages.items():
-            name = prefix if key == "_schema" else (f"{prefix}.{key}" if prefix else str(key))
-            yield from _flatten(value, name)
-    elif isinstance(messages, list):
-        for message in messages:
-            yield from _flatten(message, prefix)
-    else:
-        yield prefix, str(messages)
 
 
 def _phrase(field: str, message: str) -> str:

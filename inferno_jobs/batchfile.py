@@ -36,7 +36,7 @@ from inferno_jobs.config import Settings
 from inferno_jobs.errors import InvalidRequest, PayloadTooLarge
 from inferno_jobs.job import JobType
 from inferno_jobs.model import ModelConfig
-from inferno_jobs.openai_request import ENDPOINTS, REQUESTS, job_input
+from inferno_jobs.openai_request import ENDPOINTS, REQUESTS, error_fields, job_input
 from inferno_jobs.schemas import INPUT_SCHEMAS, GenerationParams, shared
 
 FORMATS = ("jsonl", "txt", "csv")
@@ -122,10 +122,18 @@ class ParsedFile:
 class LineError(Exception):
     """Raised while reading one line; becomes that line's error, never the file's."""
 
-    def __init__(self, message: str, code: str = "INVALID_REQUEST"):
+    def __init__(self, message: str, code: str = "INVALID_REQUEST", field: str | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.field = field  # the request field at fault, as the endpoint's own error names it (OpenAI's param)
+
+    def to_dict(self) -> dict:
+        """The line's stored error."""
+        error = {"code": self.code, "message": self.message}
+        if self.field:
+            error["details"] = {"field": self.field}
+        return error
 
 
 def check_size(size: int, limits: Limits) -> None:
@@ -238,7 +246,7 @@ class Reader:
             self._register(custom_id, number)
             return Line(number, custom_id, input=data, model=model)
         except LineError as exc:
-            return Line(number, custom_id, error={"code": exc.code, "message": exc.message}, model=model)
+            return Line(number, custom_id, error=exc.to_dict(), model=model)
 
     def _custom_id(self, obj: dict, number: int, default_id: str | None) -> str:
         value = obj.pop("custom_id", None)
@@ -314,7 +322,8 @@ class Reader:
             # The endpoint's own schema; ``model`` may be left out (the batch names it).
             loaded = shared(REQUESTS[url]).load(body, partial=("model",))
         except ValidationError as exc:
-            raise LineError(_body_errors(exc.messages)) from None
+            first = next((name for name, _ in error_fields(exc.messages)), None)
+            raise LineError(_body_errors(exc.messages), field=first or None) from None
         if loaded.get("stream"):
             raise LineError("body.stream=true is not supported: a batch line's result is stored, not streamed")
         return model, {**self.params, **job_input(job_type, loaded)}, job_type

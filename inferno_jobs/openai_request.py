@@ -289,3 +289,17 @@ def job_input(job_type: JobType, data: dict) -> dict:
                 **sampling(data)}
     prompts = data["prompt"]
     return {"prompt": prompts[0] if len(prompts) == 1 else prompts, **sampling(data)}
+
+
+def error_fields(messages, prefix: str = ""):
+    """``(field, message)`` for each of marshmallow's error messages, the field dotted (OpenAI's ``param``; ``""``
+    for an error of the whole request)."""
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            name = prefix if key == "_schema" else (f"{prefix}.{key}" if prefix else str(key))
+            yield from error_fields(value, name)
+    elif isinstance(messages, list):
+        for message in messages:
+            yield from error_fields(message, prefix)
+    else:
+        yield prefix, str(messages)

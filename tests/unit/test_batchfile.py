@@ -238,6 +238,12 @@ def test_openai_lines_accept_exactly_what_their_endpoint_accepts():
     assert lines[2].input["chat_template_kwargs"] == {"enable_thinking": False}
     assert lines[3].error["message"] == "body.prompt: at most 16 prompts per request"
     assert lines[4].error["message"] == "Unrecognized request argument supplied: tools"
+    # Each names its field as the endpoint's own 400 does (OpenAI's param, in the error file's bodies).
+    assert lines[3].error["details"] == {"field": "prompt"} and lines[4].error["details"] == {"field": "tools"}
+    from api.openai_results import error_status
+    assert error_status(lines[3].error) == (400, {"error": {
+        "message": "body.prompt: at most 16 prompts per request", "type": "invalid_request_error", "param": "prompt",
+        "code": "invalid_request"}})
 
 
 def test_csv_line_numbers_count_only_real_line_ends():
