@@ -53,8 +53,11 @@ def ingest_sources() -> None:
 def sources_create(name, tenant, key_id, model, job_type, priority, webhook_url, as_json) -> None:
     """Create a source. Its secret is shown once: give it to the sending system."""
     registry = _registry()
-    source = registry.create(name, _tenant(registry, tenant, key_id),
-                             {"model": model, "type": job_type, "priority": priority, "webhook_url": webhook_url})
+    try:
+        source = registry.create(name, _tenant(registry, tenant, key_id),
+                                 {"model": model, "type": job_type, "priority": priority, "webhook_url": webhook_url})
+    except InvalidRequest as exc:  # a bad name, default or tenant option: a usage error (exit 2), as click's own
+        raise click.UsageError(exc.message) from None
     path = f"/webhooks/ingest/{source.name}"
     if as_json:
         click.echo(json.dumps({"name": source.name, "tenant": source.tenant, "secret": source.secret,

@@ -244,7 +244,9 @@ def test_the_cli_creates_lists_rotates_and_revokes_sources(fake_redis, settings,
     again = runner.invoke(main, ["ingest-sources", "create", "--name", "crm", "--tenant", "t"])
     assert again.exit_code == 1 and "CONFLICT" in again.output
     no_tenant = runner.invoke(main, ["ingest-sources", "create", "--name", "x"])
-    assert no_tenant.exit_code == 1 and "--tenant" in no_tenant.output
+    assert no_tenant.exit_code == 2 and "--tenant" in no_tenant.output  # usage errors exit 2, as the README says
+    bad_name = runner.invoke(main, ["ingest-sources", "create", "--name", "bad name!", "--tenant", "t"])
+    assert bad_name.exit_code == 2 and "a source name is 1 to 64" in bad_name.output
 
     rotated = runner.invoke(main, ["ingest-sources", "rotate-secret", "crm", "--grace-s", "60"])
     assert rotated.exit_code == 0 and out["secret"] not in rotated.output
