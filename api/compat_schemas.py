@@ -15,6 +15,7 @@ from inferno_jobs.errors import InvalidRequest
 from inferno_jobs.openai_request import (ChatRequest, CompatSchema, CompletionRequest, EmbeddingRequest,  # noqa: F401
                                          Generation, Message, between, check_embedding_input, error_fields,
                                          required_messages)
+from inferno_jobs.schemas import StrictBoolean
 
 
 class InferenceRequest(Generation):
@@ -36,7 +37,7 @@ class WebSocketInference(InferenceRequest):
     type = fields.String()
     id = fields.String(allow_none=True, validate=validate.Length(max=128))
     messages = fields.List(fields.Nested(Message), validate=validate.Length(min=1, error="messages must not be empty"))
-    stream = fields.Boolean(load_default=True)
+    stream = StrictBoolean(load_default=True)
 
     @validates_schema
     def _prompt(self, data, **kwargs):

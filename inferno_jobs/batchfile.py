@@ -469,6 +469,10 @@ class Reader:
                     lines.append(Line(number, obj.get("custom_id", f"line-{number}"), error={
                         "code": "INVALID_REQUEST", "message": "every feature column must be a number"}))
                     continue
+            elif not row[text_col].strip():  # a cell left blank, not a prompt meant empty
+                lines.append(Line(number, obj.get("custom_id", f"line-{number}"), error={
+                    "code": "INVALID_REQUEST", "message": f"the {names[text_col]} cell is empty"}))
+                continue
             else:
                 obj["prompt"] = row[text_col]
             lines.append(self.request(number, obj))

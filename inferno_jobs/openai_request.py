@@ -17,8 +17,9 @@ from __future__ import annotations
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from inferno_jobs.job import JobType
-from inferno_jobs.schemas import (ENCODING_FORMATS, MAX_CHOICES, MAX_EMBEDDING_CHARS, MAX_EMBEDDING_ITEMS,
-                                   MAX_MAX_TOKENS, MAX_PROMPTS, MAX_TOP_LOGPROBS, check_top_logprobs)
+from inferno_jobs.schemas import (CHAT_ROLES, ENCODING_FORMATS, MAX_CHOICES, MAX_EMBEDDING_CHARS,
+                                   MAX_EMBEDDING_ITEMS, MAX_MAX_TOKENS, MAX_PROMPTS, MAX_TOP_LOGPROBS, StrictBoolean,
+                                   check_top_logprobs, text_content)
 
 # An OpenAI endpoint -> the job type its requests run as.
 ENDPOINTS = {
@@ -72,7 +73,7 @@ class Generation(CompatSchema):
     top_p = fields.Float(allow_none=True, validate=between("top_p", 0, 1))
     stop = fields.Raw(allow_none=True)
     seed = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=0, error="seed must be >= 0"))
-    stream = fields.Boolean(load_default=False)
+    stream = StrictBoolean(load_default=False)
 
     @validates_schema
     def _stop(self, data, **kwargs):
@@ -102,7 +103,7 @@ class OpenAIGeneration(NullIsDefault, Generation):
     # Accepted and ignored: they change nothing this server does.
     user = fields.String(allow_none=True)
     metadata = fields.Dict(keys=fields.String(), allow_none=True)
-    store = fields.Boolean(allow_none=True)
+    store = StrictBoolean(allow_none=True)
     service_tier = fields.String(allow_none=True, validate=validate.OneOf(
         SERVICE_TIERS, error=f"service_tier must be one of {', '.join(SERVICE_TIERS)}"))
 
@@ -111,28 +112,41 @@ class OpenAIGeneration(NullIsDefault, Generation):
         if data.get("n", 1) > 1 and data.get("stream"):
             raise ValidationError("n > 1 cannot stream; send n: 1 with stream: true, or stream: false", "n")
 
+    @validates_schema
+    def _stream_options(self, data, **kwargs):
+        if "stream_options" in data and not data.get("stream"):  # OpenAI's rule and message
+            raise ValidationError("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                                  "stream_options")
+
+
+def _no_tools():
+    raise ValidationError("tool_calls and function_call are not supported: this server calls no tools")
+
 
 class Message(CompatSchema):
-    """One chat message; ``content`` a string or a list of text parts."""
+    """One chat message; ``content`` a string or a list of text parts. An assistant message as the official client
+    returns it (``refusal``, ``annotations``, ``audio``, ``function_call``, ``tool_calls``, null or empty) can be
+    sent back as it is; they are dropped."""
 
     role = fields.String(required=True, error_messages=required_messages("role"),
-                         validate=validate.OneOf(["system", "developer", "user", "assistant"],
-                                                 error="role must be one of system, developer, user, assistant"))
-    content = fields.Raw(required=True, error_messages=required_messages("content"))
+                         validate=validate.OneOf(CHAT_ROLES, error="role must be one of system, developer, user, "
+                                                                   "assistant"))
+    content = fields.Raw(required=True, allow_none=True, error_messages=required_messages("content"))
     name = fields.String(allow_none=True)
+    refusal = fields.String(allow_none=True)
+    annotations = fields.List(fields.Dict(), allow_none=True)
+    audio = fields.Raw(allow_none=True)  # a reference to audio this server never makes
+    function_call = fields.Raw(allow_none=True, validate=lambda v: v is None or _no_tools())
+    tool_calls = fields.List(fields.Dict(), allow_none=True, validate=lambda v: not v or _no_tools())
 
     @validates_schema
     def _content(self, data, **kwargs):
-        content = data.get("content")
-        if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise ValidationError("content parts must be {\"type\": \"text\", \"text\": ...}", "content")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise ValidationError("content must be a string or a list of text parts", "content")
-        data["content"] = content
+        if data["role"] == "assistant" and data.get("content") is None:  # a reply that was a refusal
+            data["content"] = data.get("refusal") or ""
+        data["content"] = text_content(data.get("content"))
         data["role"] = "system" if data["role"] == "developer" else data["role"]
+        for name in ("refusal", "annotations", "audio", "function_call", "tool_calls"):
+            data.pop(name, None)
 
 
 class ChatRequest(OpenAIGeneration):
@@ -142,12 +156,12 @@ class ChatRequest(OpenAIGeneration):
                            validate=validate.Length(min=1, error="messages must not be empty"))
     max_completion_tokens = fields.Integer(allow_none=True, strict=True,
                                            validate=between("max_completion_tokens", 1, MAX_MAX_TOKENS))
-    logprobs = fields.Boolean(allow_none=True)
+    logprobs = StrictBoolean(allow_none=True)
     top_logprobs = fields.Integer(allow_none=True, strict=True,
                                   validate=between("top_logprobs", 0, MAX_TOP_LOGPROBS))
     response_format = fields.Dict(allow_none=True)
     # Accepted and ignored: without ``tools`` (refused) no tool is ever called.
-    parallel_tool_calls = fields.Boolean(allow_none=True)
+    parallel_tool_calls = StrictBoolean(allow_none=True)
 
     @validates_schema
     def _top_logprobs(self, data, **kwargs):

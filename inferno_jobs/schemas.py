@@ -35,6 +35,31 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
+class StrictBoolean(fields.Boolean):
+    """``true`` or ``false`` only: marshmallow's Boolean also takes ``1``, ``"yes"`` and ``"on"``, which OpenAI's
+    API refuses (``"stream": "no"`` would stream)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+
+def text_content(content) -> str:
+    """A chat message's ``content`` as one string: a string, or a list of OpenAI text parts joined."""
+    if isinstance(content, list):
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                   for p in content):
+            raise ValidationError("content parts must be {\"type\": \"text\", \"text\": ...}", "content")
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise ValidationError("content must be a string or a list of text parts", "content")
+    return content
+
+
 def check_top_logprobs(data: dict) -> None:
     """``top_logprobs`` only with ``logprobs: true`` (native inputs and OpenAI's chat bodies alike)."""
     if data.get("top_logprobs") is not None and not data.get("logprobs"):
@@ -53,13 +78,14 @@ class GenerationParams(StrictSchema):
     presence_penalty = fields.Float(validate=validate.Range(-2, 2), load_default=0.0)
     frequency_penalty = fields.Float(validate=validate.Range(-2, 2), load_default=0.0)
     stop = fields.Raw(load_default=None)
-    seed = fields.Integer(strict=True, load_default=None, allow_none=True)
-    stream = fields.Boolean()  # publish tokens as they are generated (GET /jobs/<id>/events); runs unbatched
+    seed = fields.Integer(strict=True, load_default=None, allow_none=True,
+                          validate=validate.Range(min=0, error="seed must be >= 0"))
+    stream = StrictBoolean()  # publish tokens as they are generated (GET /jobs/<id>/events); runs unbatched
     # Choices per prompt; above 1 the result has ``choices`` (choice j sampled with seed + j).
     n = fields.Integer(strict=True, validate=validate.Range(1, MAX_CHOICES))
     # The log probability of each generated token (and of its ``top_logprobs`` most likely alternatives) in the
     # result's ``logprobs``: docs/models.md#log-probabilities.
-    logprobs = fields.Boolean()
+    logprobs = StrictBoolean()
     top_logprobs = fields.Integer(strict=True, validate=validate.Range(0, MAX_TOP_LOGPROBS))
 
     @validates_schema
@@ -93,9 +119,9 @@ class CompletionInput(GenerationParams):
     def _prompt(self, data, **kwargs):
         prompt = data.get("prompt")
         prompts = prompt if isinstance(prompt, list) else [prompt]
-        if not prompts or len(prompts) > MAX_PROMPTS or not all(isinstance(p, str) and p for p in prompts):
-            raise ValidationError(f"prompt must be a non-empty string or a list of 1 to {MAX_PROMPTS} of them",
-                                  "prompt")
+        # An empty prompt starts from the end-of-text token (docs/models.md), as on /v1/completions.
+        if not prompts or len(prompts) > MAX_PROMPTS or not all(isinstance(p, str) for p in prompts):
+            raise ValidationError(f"prompt must be a string or a list of 1 to {MAX_PROMPTS} of them", "prompt")
         if isinstance(prompt, list) and data.get("stream"):
             raise ValidationError("a list of prompts cannot stream: stream one prompt per job", "prompt")
         if len(prompts) * data.get("n", 1) > MAX_CHOICES:
@@ -103,10 +129,16 @@ class CompletionInput(GenerationParams):
 
 
 class Message(StrictSchema):
-    """One chat message."""
+    """One chat message: ``content`` a string or a list of text parts (stored joined); ``developer`` is stored as
+    ``system``, as OpenAI's newer name for it."""
 
-    role = fields.String(required=True, validate=validate.OneOf(["system", "user", "assistant"]))
-    content = fields.String(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(CHAT_ROLES))
+    content = fields.Raw(required=True)
+
+    @validates_schema
+    def _content(self, data, **kwargs):
+        data["content"] = text_content(data.get("content"))
+        data["role"] = "system" if data["role"] == "developer" else data["role"]
 
 
 class ChatInput(GenerationParams):

@@ -82,6 +82,12 @@ def test_every_response_carries_a_request_id(client):
     ({"type": "embedding", "model": "iris", "input": {"input": ""}}, 400, "INVALID_REQUEST", "input"),
     ({"type": "embedding", "model": "iris", "input": {"input": "x" * 8001}}, 400, "INVALID_REQUEST", "input"),
     ({"type": "chat", "model": "iris", "input": {"messages": []}}, 400, "INVALID_REQUEST", "input"),
+    # refused at submit, as on /v1, not failed by the worker after a 202
+    ({"type": "completion", "model": "iris", "input": {"prompt": "x", "seed": -1}}, 400, "INVALID_REQUEST", "input"),
+    ({"type": "completion", "model": "iris", "input": {"prompt": "x", "stream": "yes"}}, 400, "INVALID_REQUEST",
+     "input"),
+    ({"type": "chat", "model": "iris", "input": {"messages": [{"role": "tool", "content": "x"}]}}, 400,
+     "INVALID_REQUEST", "input"),
 ])
 def test_bad_submissions_get_the_contract_error(client, celery_stub, body, status, code, field):
     r = client.post("/jobs", json=body)
@@ -300,3 +306,16 @@ def test_a_generation_job_without_max_tokens_gets_the_models_default_in_the_work
     too_many = client.post("/jobs", json={"type": "completion", "model": "short-gpt",
                                           "input": {"prompt": "hi", "max_tokens": 64}})
     assert too_many.get_json()["error"]["code"] == "CONTEXT_LENGTH_EXCEEDED"
+
+
+def test_generation_inputs_take_what_v1_takes(client, celery_stub, tinygpt_dir):
+    parts = [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "fox"}]
+    chat = client.post("/jobs", json={"type": "chat", "model": "tiny-gpt", "input": {"messages": [
+        {"role": "developer", "content": "Be brief."}, {"role": "user", "content": parts}]}})
+    assert chat.status_code == 202, chat.get_json()
+    stored = client.application.extensions["inferno"].store.get(chat.get_json()["id"])
+    assert stored.input["messages"] == [{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "Hello, fox"}]
+    empty = client.post("/jobs", json={"type": "completion", "model": "tiny-gpt", "input": {"prompt": ""}})
+    assert empty.status_code == 202, empty.get_json()  # starts from the end-of-text token (docs/models.md)
+

@@ -338,6 +338,36 @@ def test_a_bad_n_is_400_naming_its_parameter(v1, inline, path, extra, message, p
     assert not inline.sent  # nothing was queued
 
 
+def test_a_reply_sent_back_as_the_client_returned_it_continues_the_chat(v1, inline):
+    first = v1.post("/v1/chat/completions", json=CHAT).get_json()["choices"][0]["message"]
+    # As openai's ChatCompletionMessage.model_dump() gives it: every optional field, null or empty.
+    reply = {**first, "annotations": [], "audio": None, "function_call": None, "tool_calls": None}
+    turn = [*CHAT["messages"], reply, {"role": "developer", "content": [{"type": "text", "text": "More"}]}]
+    r = v1.post("/v1/chat/completions", json={**CHAT, "messages": turn})
+    assert r.status_code == 200, r.get_json()
+    stored = inline.store.get(r.get_json()["id"]).input["messages"]
+    assert stored[1] == {"role": "assistant", "content": "".join(TOKENS)}
+    assert stored[2] == {"role": "system", "content": "More"}
+    refused = {"role": "assistant", "content": None, "refusal": "I cannot."}  # a refusal: its text is the turn
+    r = v1.post("/v1/chat/completions", json={**CHAT, "messages": [*CHAT["messages"], refused]})
+    assert r.status_code == 200 and inline.store.get(r.get_json()["id"]).input["messages"][1]["content"] == "I cannot."
+
+
+@pytest.mark.parametrize("extra, message, param", [
+    ({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function"}]}]},
+     "this server calls no tools", "messages.0.tool_calls"),
+    ({"stream": "yes"}, "Not a valid boolean", "stream"),
+    ({"stream": 1}, "Not a valid boolean", "stream"),
+    ({"logprobs": "true"}, "Not a valid boolean", "logprobs"),
+    ({"stream_options": {"include_usage": True}}, "only allowed when 'stream' is enabled", "stream_options"),
+])
+def test_what_openai_refuses_is_400_naming_its_parameter(v1, inline, extra, message, param):
+    r = v1.post("/v1/chat/completions", json={**CHAT, **extra})
+    assert r.status_code == 400 and message in r.get_json()["error"]["message"], r.get_json()
+    assert r.get_json()["error"]["param"] == param
+    assert not inline.sent
+
+
 # -- logprobs ----------------------------------------------------------------------------------------------------
 
 def test_chat_logprobs_in_openai_shape_and_null_unless_asked(v1, inline):
