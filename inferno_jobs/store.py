@@ -446,8 +446,9 @@ class JobStore:
     def claim(self, job_id: str, worker: str, owner_alive: Callable[[str], bool] = lambda owner: True) -> Job | None:
         """Start (or take over) a job for ``worker`` and give it a lease of ``lease_s``.
 
-        Returns the running job, or None when this delivery must not run it: the job ended, was canceled,
-        expired while queued, or is running under a live lease of another worker (a duplicate delivery).
+        Returns the running job, or None when this delivery must not run it: the job ended, was canceled (also
+        while a run that was lost went on: it ends ``canceled``), expired while queued, or is running under a live
+        lease of another worker (a duplicate delivery).
         A job that already used ``max_attempts`` attempts fails instead of running again.
         """
         claimed = self.claim_many([job_id], worker, owner_alive)
@@ -468,6 +469,10 @@ class JobStore:
                 # An orphaned job (owner None: the reconciler released it) may be taken over at once.
                 if job.lease_owner == worker or (job.lease_owner and lease_live and owner_alive(job.lease_owner)):
                     return False
+                if job.cancel_requested:  # canceled while its lost run was going: it ends, not runs again
+                    transition(job, JobStatus.CANCELED,
+                               error={"code": "CANCELED", "message": "canceled by request while running"})
+                    return
                 if len(job.attempts) >= self.settings.max_attempts:
                     transition(job, JobStatus.FAILED, error={
                         "code": "INFERENCE_FAILED",

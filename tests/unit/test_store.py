@@ -173,6 +173,16 @@ def test_claim_takes_over_from_a_dead_owner(store):
     assert taken.attempts[0].outcome == "worker_lost"
 
 
+def test_a_job_canceled_while_its_lost_run_went_on_ends_canceled_instead_of_running_again(store):
+    job = new(store)
+    store.claim(job.id, "host:1")
+    store.cancel(job.id)  # flagged: its worker would stop at its end
+    assert store.claim(job.id, "host:2", owner_alive=lambda owner: False) is None  # that worker died
+    final = store.get(job.id)
+    assert final.status is JobStatus.CANCELED and len(final.attempts) == 1  # no second run
+    assert final.attempts[0].outcome == "canceled" and final.attempts[0].finished_at
+
+
 def test_a_job_that_keeps_losing_its_worker_fails(store, settings):
     job = new(store)
     for n in range(settings.max_attempts):
