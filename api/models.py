@@ -10,6 +10,7 @@ from flask import Blueprint, jsonify
 
 from api.auth import require_operator_or_key
 from api.controls import require_admin
+from api.health import workers_online
 from api.request_context import services
 from inferno_jobs import blocking
 from inferno_jobs.circuit import CircuitBreaker
@@ -106,9 +107,13 @@ def apply_command(names: list[str], action: str) -> bool:
     since = now()
     # The processes that report now (their model watchers report every second) must have applied the command
     # before their report says anything about it.
-    active = [w for w, r in worker_reports().items() if r.get("reported_at", 0) >= since - ACTIVE_REPORT_S]
+    reports = worker_reports()
+    active = [w for w, r in reports.items() if r.get("reported_at", 0) >= since - ACTIVE_REPORT_S]
     generation = max(request_command(services().store, name, action) for name in names)
     want = action == "load"
+    pools = {services().models.get(name).pool for name in names}
+    if want and not any(reports[w].get("pool", "cpu") in pools for w in active):
+        return False  # no worker of the model's pool runs now: the command waits for one (202)
     deadline = time.monotonic() + COMMAND_WAIT_S
     while True:
         reports = worker_reports()  # one read of Redis a poll
@@ -163,6 +168,9 @@ def validate_model(model_id: str):
 def run_validation(model) -> dict:
     """Have a worker of ``model``'s pool load it afresh and run a sample: its report; raises :class:`Timeout`."""
     svc = services()
+    if not any(w.get("pool") == model.pool for w in workers_online()):  # its message would wait for nobody
+        raise ModelNotLoaded(f"no {model.pool} worker is online to validate {model.name!r}",
+                             details={"pool": model.pool}, retry_after_s=30)
     reply_key = svc.store.keys.model_validation(new_id("val"))
     svc.celery.send_task(VALIDATE_MODEL, args=[model.name, reply_key], queue=queue_name(model.pool, "high"))
     reply = None

@@ -91,6 +91,8 @@ class ModelWatcher:
                 name = name.decode() if isinstance(name, bytes) else name
                 action = json.loads(raw)["action"]
                 try:
+                    if action == "load" and engine.repository.get(name).pool != engine.pool:
+                        continue  # another pool's model (a gpu model on a cpu worker): its own workers load it
                     if action == "load":  # loads it, or again if its files changed since (Engine.runner)
                         engine.runner(name, recheck=True)
                     elif action == "unload":

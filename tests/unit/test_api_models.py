@@ -46,3 +46,61 @@ def test_a_load_a_worker_failed_answers_503_with_the_worker_and_its_reason(admin
     report(admin, "w2", [], generation=9, load_errors={"iris": stale})
     report(admin, "w1", ["iris"], generation=9)
     assert admin.post("/models/iris/load").status_code == 200
+
+
+def gpu_model(model_dir) -> str:
+    """iris's files as a gpu model (the model directory is shared by the session's tests)."""
+    import shutil
+
+    target = model_dir / "iris-gpu"
+    if not target.exists():
+        shutil.copytree(model_dir / "iris", target)
+        config = json.loads((target / "config.json").read_text())
+        (target / "config.json").write_text(json.dumps({**config, "device": "gpu"}))
+    return target.name
+
+
+def test_a_gpu_model_with_no_gpu_worker_is_not_loaded_by_cpu_workers_nor_validated(admin, model_dir, monkeypatch):
+    gpu_model(model_dir)
+    monkeypatch.setattr(api.models, "COMMAND_WAIT_S", 30)  # an answer must not wait for a pool with no worker
+    report(admin, "cpu:1", ["iris"], generation=2 ** 31)  # a cpu worker, up to date
+    svc = admin.application.extensions["inferno"]
+    svc.redis.hset(svc.store.keys.workers(), "cpu@h", json.dumps({"hostname": "cpu@h", "pool": "cpu",
+                                                                  "last_seen": now()}))
+    load = admin.post("/models/iris-gpu/load")
+    assert load.status_code == 202 and load.get_json()["status"] == "loading"  # applied once a gpu worker runs
+    validate = admin.post("/models/iris-gpu/validate")
+    assert validate.status_code == 503 and validate.headers["Retry-After"] == "30"
+    assert "no gpu worker is online" in validate.get_json()["error"]["message"]
+    assert not svc.celery.sent  # no validation message left waiting for nobody
+
+
+def test_a_model_watcher_loads_only_its_own_pools_models(model_dir, fake_redis, settings):
+    from inferno_jobs.store import JobStore
+    from workers.model_watch import ModelWatcher, request_command
+
+    gpu_model(model_dir)
+    store = JobStore(fake_redis, settings)
+    loaded = []
+
+    class Engine:
+        pool = "cpu"
+
+        def __init__(self):
+            from inferno_jobs.model import ModelRepository
+            self.repository = ModelRepository(model_dir)
+
+        def runner(self, name, recheck=False):
+            loaded.append(name)
+
+    class Runtime:
+        def __init__(self):
+            self.store, self.engine, self.model_generation = store, Engine(), 0
+
+        def report_loaded(self, worker):
+            pass
+
+    for name in ("iris", "iris-gpu"):
+        request_command(store, name, "load")
+    ModelWatcher(Runtime(), "cpu:1").sync()
+    assert loaded == ["iris"]

@@ -237,11 +237,19 @@ class ValidatingCelery(RecordingCelery):
                                                   "latency_ms": 3.2, "worker": "h:1"}))
 
 
+def cpu_worker_online(app, fake_redis):
+    from inferno_jobs.job import now
+
+    fake_redis.hset(app.extensions["inferno"].store.keys.workers(), "cpu@h", json.dumps(
+        {"hostname": "cpu@h", "pool": "cpu", "queues": ["inferno.cpu.high"], "last_seen": now()}))
+
+
 @pytest.fixture
 def seed_client(make_app, fake_redis, monkeypatch):
     monkeypatch.setattr(api.models, "COMMAND_WAIT_S", 0)
     app = make_app()
     app.extensions["inferno"].celery = ValidatingCelery(fake_redis)
+    cpu_worker_online(app, fake_redis)
     return app.test_client()
 
 
@@ -316,6 +324,7 @@ def test_seed_validate_runs_a_sample_in_a_worker(seed_client):
 def test_seed_validate_defaults_to_the_default_predict_model(make_app, fake_redis):
     app = make_app(default_predict_model="diabetes")
     app.extensions["inferno"].celery = ValidatingCelery(fake_redis)
+    cpu_worker_online(app, fake_redis)
     body = app.test_client().post("/validate").get_json()
     assert body["results"]["model"] == "diabetes" and body["success"] is True
 
