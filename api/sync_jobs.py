@@ -104,23 +104,24 @@ def result_of(job: Job) -> dict:
     raise job_error(job)
 
 
-def follow(store: JobStore, job_id: str, *, idle_s: float, tick_s: float) -> Iterator[Event | None]:
-    """The events of ``job_id`` from its start until its terminal status; ``None`` after each quiet ``tick_s``.
+def follow(store: JobStore, job_id: str, *, idle_s: float, tick_s: float, after: str = "0") -> Iterator[Event | None]:
+    """The events of ``job_id`` from its start (or those after the event id ``after``) until its terminal status;
+    ``None`` after each quiet ``tick_s``.
 
     Raises :class:`Timeout` after ``idle_s`` with no event, and :class:`InternalError` when its events cannot be
     read (Redis unreachable); the job goes on either way, and its id is in the error. So every stream ends with an
     error its client can read rather than a dropped connection.
     """
     try:
-        yield from _follow(store, job_id, idle_s=idle_s, tick_s=tick_s)
+        yield from _follow(store, job_id, idle_s=idle_s, tick_s=tick_s, after=after)
     except redis.RedisError as exc:
         log.warning("following a job's events failed", extra={"job_id": job_id, "error": repr(exc)})
         raise InternalError(f"following job {job_id} failed ({exc.__class__.__name__}); poll GET /jobs/{job_id} "
                             "for its result", details={"job_id": job_id}) from exc
 
 
-def _follow(store: JobStore, job_id: str, *, idle_s: float, tick_s: float) -> Iterator[Event | None]:
-    last, quiet_since = "0", time.monotonic()
+def _follow(store: JobStore, job_id: str, *, idle_s: float, tick_s: float, after: str) -> Iterator[Event | None]:
+    last, quiet_since = after, time.monotonic()
     while True:
         events = store.events.read({job_id: last}, block_ms=tick_s * 1000)
         if not events:
@@ -141,10 +142,11 @@ def _follow(store: JobStore, job_id: str, *, idle_s: float, tick_s: float) -> It
                 return
 
 
-def sse(data, event: str | None = None) -> str:
-    """One Server-Sent Event; ``data`` is JSON-encoded unless it is already a string."""
+def sse(data, event: str | None = None, event_id: str | None = None) -> str:
+    """One Server-Sent Event; ``data`` is JSON-encoded unless it is already a string. With ``event_id``, a client
+    that reconnects sends it back as ``Last-Event-ID``."""
     text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return (f"event: {event}\n" if event else "") + f"data: {text}\n\n"
+    return (f"id: {event_id}\n" if event_id else "") + (f"event: {event}\n" if event else "") + f"data: {text}\n\n"
 
 
 KEEPALIVE = ": keepalive\n\n"

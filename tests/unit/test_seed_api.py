@@ -120,6 +120,17 @@ def test_job_events_stream_status_changes_and_tokens(seed):
     assert events[-1]["object"] == "job" and events[-1]["result"]["text"] == "".join(TOKENS)
     assert seed.get("/jobs/job_nope/events").status_code == 404
 
+    # Every event but done has an id; a client that reconnects with the last it saw gets only what followed.
+    blocks = [b for b in text.split("\n\n") if b.startswith("id: ")]
+    assert len(blocks) == len(kinds) - 1
+    third = blocks[2].splitlines()[0][4:]
+    resumed = seed.get(f"/jobs/{job['id']}/events", headers={"Last-Event-ID": third}).get_data(as_text=True)
+    assert resumed.split("\n\n")[0] == blocks[3] and resumed.count("id: ") == len(blocks) - 3
+    by_query = seed.get(f"/jobs/{job['id']}/events?last_event_id={third}").get_data(as_text=True)
+    assert by_query.split("\n\n")[0] == blocks[3]
+    bad = seed.get(f"/jobs/{job['id']}/events", headers={"Last-Event-ID": "soon"})
+    assert bad.status_code == 400 and bad.get_json()["error"]["details"]["field"] == "Last-Event-ID"
+
 
 def test_the_request_log_line_names_the_jobs_a_request_created(seed, inline, caplog):
     """One access-log line per request (api/access_log.py), with the job it created, or all of them."""
