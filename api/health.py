@@ -48,7 +48,8 @@ def snapshot() -> dict:
         redis_state = "ok"
     except Exception:
         workers, queues, models_loaded, redis_state = [], {}, 0, "down"
-    healthy = redis_state == "ok" and bool(workers)
+    # A webhooks worker alone runs no job: the jobs accepted would wait for an inference worker.
+    healthy = redis_state == "ok" and any(w.get("pool") != "webhooks" for w in workers)
     body.update(status="healthy" if healthy else "degraded", redis=redis_state, workers=len(workers), queues=queues,
                 models_loaded=models_loaded)
     return body
@@ -71,6 +72,6 @@ def livez():
 
 @bp.get("/ready")
 def ready():
-    """200 when Redis answers and a worker is online; 503 otherwise."""
+    """200 when Redis answers and an inference (cpu or gpu) worker is online; 503 otherwise."""
     body = HealthResponse().dump(snapshot())
     return jsonify(body), (200 if body["status"] == "healthy" else 503)

@@ -1,6 +1,7 @@
 """The native jobs API on fakeredis, with Celery replaced by a recorder."""
 
 import json
+import time
 import subprocess
 import sys
 
@@ -241,6 +242,16 @@ def test_health_reports_redis_and_queues_and_ready_needs_a_worker(client):
     health = client.get("/health").get_json()
     assert health["redis"] == "ok" and health["workers"] == 0 and "inferno.cpu.high" in health["queues"]
     assert client.get("/ready").status_code == 503
+    svc = client.application.extensions["inferno"]
+    beat = {"hostname": "webhooks@h", "pool": "webhooks", "last_seen": time.time()}
+    svc.redis.hset(svc.store.keys.workers(), beat["hostname"], json.dumps(beat))
+    svc._workers_cache = None  # read again now, not within the second
+    assert client.get("/health").get_json()["workers"] == 1
+    assert client.get("/ready").status_code == 503  # a webhooks worker runs no job
+    beat = {"hostname": "cpu@h", "pool": "cpu", "last_seen": time.time()}
+    svc.redis.hset(svc.store.keys.workers(), beat["hostname"], json.dumps(beat))
+    svc._workers_cache = None
+    assert client.get("/ready").status_code == 200
 
 
 def test_livez_answers_while_redis_is_unreachable_and_health_reports_it(make_app, fake_redis, monkeypatch):
