@@ -461,8 +461,9 @@ def models_list() -> None:
     models = ModelRepository(root).all()
     if not models:
         click.echo(f"no models in {root} (`inferno-jobs models build-demo` builds the demo ones)", err=True)
+    width = max([12, *(len(m.name) for m in models)])  # long names keep the columns aligned
     for model in models:
-        click.echo(f"{model.name:12} {model.type:11} {model.device:4} max_batch={model.max_batch_size}")
+        click.echo(f"{model.name:{width}} {model.type:11} {model.device:4} max_batch={model.max_batch_size}")
 
 
 @models.command("build-demo")

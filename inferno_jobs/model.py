@@ -163,5 +163,7 @@ class ModelRepository:
             except ModelNotFound as exc:
                 if (name, exc.message) not in self._reported:  # once per problem, not once per listing
                     self._reported.add((name, exc.message))
-                    log.warning("model left out of the listing", extra={"model": name, "error": exc.message})
+                    # Named in the message too: the CLI's plain log lines show no extras.
+                    log.warning("model %s left out of the listing: %s", name, exc.message,
+                                extra={"model": name, "error": exc.message})
         return out

@@ -118,7 +118,7 @@ def test_a_broken_config_leaves_the_others_listed_and_names_the_problem(client, 
     ids = {m["id"] for m in listed.get_json()["models"]}
     assert "iris" in ids and broken_model not in ids
     assert client.get("/v1/models").status_code == 200
-    warned = [r for r in caplog.records if r.getMessage() == "model left out of the listing"]
+    warned = [r for r in caplog.records if r.getMessage().startswith(f"model {broken_model} left out of the listing:")]
     assert len(warned) == 1 and warned[0].model == broken_model  # once per problem, not per listing
     r = client.post("/jobs", json={**IRIS, "model": broken_model})
     assert r.status_code == 404 and r.get_json()["error"]["code"] == "MODEL_NOT_FOUND"
