@@ -94,7 +94,8 @@ class GenerationRunner(Runner):
             raise ContextLengthExceeded(
                 f"prompt is {len(ids)} tokens; the model's context is {self.context_length} tokens and "
                 f"needs room for at least one generated token",
-                details={"prompt_tokens": len(ids), "context_length": self.context_length})
+                details={"prompt_tokens": len(ids), "context_length": self.context_length,
+                         "field": "messages" if kind == "chat" else "prompt"})  # OpenAI's param
         return kind, ids
 
     def _max_tokens(self, item: dict) -> int:

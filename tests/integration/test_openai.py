@@ -64,7 +64,7 @@ def test_chat_completions_embeddings_and_models(server, start_worker, tinygpt_di
     # A stream whose job fails before its first piece answers that error's status, as without stream.
     with pytest.raises(openai.BadRequestError) as too_long:
         client.completions.create(model="tiny-gpt", prompt="the fox ran " * 200, max_tokens=4, stream=True)
-    assert too_long.value.code == "context_length_exceeded"
+    assert too_long.value.code == "context_length_exceeded" and too_long.value.param == "prompt"
 
     # n choices: choice j is what the same request with seed + j gives alone, so they differ and repeat
     many = client.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=24, temperature=0.8,

@@ -91,6 +91,7 @@ def test_too_long_prompt_fails_alone(runner):
     good, bad = runner.run_batch([{"prompt": PROMPT, "max_tokens": 4}, {"prompt": long_prompt}])
     assert good["usage"]["completion_tokens"] <= 4
     assert isinstance(bad, ContextLengthExceeded) and bad.code == "CONTEXT_LENGTH_EXCEEDED"
+    assert bad.details["field"] == "prompt"  # OpenAI's param on /v1 ("messages" for a chat)
 
 
 def test_generation_stops_at_the_context_length(runner):
