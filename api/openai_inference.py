@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Iterator
 
 from flask import Blueprint, jsonify
 
@@ -100,7 +101,7 @@ def _chat_chunks(job: Job, tokens, include_usage: bool):
         elif kind == "end":
             yield from _stream_end(value, lambda result: chunk({}, result["finish_reason"]), include_usage)
         else:
-            yield sse(openai_error_body(value))
+            yield from _error_end(value)
 
 
 def _stream_end(job: Job, final_chunk, include_usage: bool):
@@ -114,7 +115,13 @@ def _stream_end(job: Job, final_chunk, include_usage: bool):
         yield sse(final_chunk({"finish_reason": "canceled"}))
         yield sse("[DONE]")
     else:
-        yield sse(openai_error_body(job_error(job)))
+        yield from _error_end(job_error(job))
+
+
+def _error_end(exc) -> Iterator[str]:
+    """A stream's error event, then ``[DONE]``: every stream ends in it (the official client has raised by then)."""
+    yield sse(openai_error_body(exc))
+    yield sse("[DONE]")
 
 
 # -- completions -------------------------------------------------------------------------------------------------
@@ -171,7 +178,7 @@ def _completion_chunks(job: Job, tokens, include_usage: bool):
         elif kind == "end":
             yield from _stream_end(value, lambda result: chunk("", result["finish_reason"]), include_usage)
         else:
-            yield sse(openai_error_body(value))
+            yield from _error_end(value)
 
 
 def _cancel(jobs: list[Job]) -> None:

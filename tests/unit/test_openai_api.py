@@ -151,6 +151,15 @@ def test_sync_wait_answers_504_with_the_job_id_and_no_retry(app_of, inline):
     assert client.get(f"/jobs/{job_id}").get_json()["status"] == "queued"  # it goes on; poll it
 
 
+def test_a_stream_that_ends_in_an_error_still_ends_in_done(app_of, inline):
+    inline.run = False  # queued past the first keepalive tick: the stream has started, then goes silent too long
+    client = app_of(sync_wait_s=2, sse_keepalive_s=1).test_client()
+    r = client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert r.status_code == 200
+    events = sse_events(r)
+    assert "sent nothing for 2 s" in events[-2]["error"]["message"] and events[-1] == "[DONE]"
+
+
 def test_a_stream_closed_early_cancels_its_job(app_of, inline):
     inline.run = False
     client = app_of(sse_keepalive_s=1).test_client()
