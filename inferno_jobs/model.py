@@ -96,9 +96,10 @@ class ModelConfig:
     @classmethod
     def load(cls, path: Path) -> "ModelConfig":
         """Read ``path/config.json``; raises :class:`ModelNotFound` naming the problem when it cannot be used (not
-        JSON, not an object, no ``type``, a size that is not a number)."""
+        JSON, not an object, no ``type``, a value out of its range: :func:`check_config`)."""
         try:
             raw = json.loads((path / "config.json").read_text())
+            check_config(raw)
             known = {"type", "device", "max_batch_size", "max_batch_wait_ms"}
             return cls(name=path.name, path=path, type=raw["type"], device=raw.get("device", "cpu"),
                        max_batch_size=int(raw.get("max_batch_size", 32)),
@@ -107,6 +108,43 @@ class ModelConfig:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelNotFound(f"model {path.name!r} cannot be used: its config.json is broken "
                                 f"({exc.__class__.__name__}: {str(exc)[:200]})", details={"field": "model"}) from None
+
+
+DEVICES = ("cpu", "gpu", "cuda")
+_POSITIVE = ("max_batch_size", "n_features", "context_length", "max_tokens", "default_max_tokens", "dim",
+             "num_layers", "num_heads", "head_dim", "hidden_size", "vocab_size", "max_input_chars", "max_input_items")
+_CHOICES = {"pooling": ("mean", "cls"), "task": ("classification", "regression")}
+
+
+def check_config(raw: dict) -> None:
+    """Raise ``ValueError`` naming the first value of a ``config.json`` that no worker could serve: an unknown
+    ``type``, ``device``, ``pooling`` or ``task``, a size that is not a whole number >= 1, a ``file`` outside the
+    model's directory, a ``chat_template`` that is not valid Jinja. So a broken model is refused where it is read,
+    not by a job that fails blaming its input."""
+    if raw.get("type") not in SERVES:
+        raise ValueError(f"type must be one of {', '.join(SERVES)}, not {raw.get('type')!r}")
+    if raw.get("device", "cpu") not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {raw.get('device')!r}")
+    for name in _POSITIVE:
+        value = raw.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
+    wait = raw.get("max_batch_wait_ms", 0)
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+        raise ValueError(f"max_batch_wait_ms must be a number >= 0, not {wait!r}")
+    for name, choices in _CHOICES.items():
+        if raw.get(name) is not None and raw[name] not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, not {raw[name]!r}")
+    file = raw.get("file", "model.onnx")
+    if not isinstance(file, str) or Path(file).is_absolute() or ".." in Path(file).parts:
+        raise ValueError(f"file must be a path inside the model's directory, not {file!r}")
+    if raw.get("chat_template") is not None:
+        import jinja2  # Flask's dependency; the worker renders with a sandbox of the same syntax
+
+        try:
+            jinja2.Environment().parse(raw["chat_template"])
+        except (jinja2.TemplateSyntaxError, TypeError) as exc:
+            raise ValueError(f"chat_template is not a valid Jinja template: {exc}") from None
 
 
 def _stamps(directory: Path, prefix: str) -> list[tuple[str, int, int]]:

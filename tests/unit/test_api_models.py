@@ -104,3 +104,34 @@ def test_a_model_watcher_loads_only_its_own_pools_models(model_dir, fake_redis, 
         request_command(store, name, "load")
     ModelWatcher(Runtime(), "cpu:1").sync()
     assert loaded == ["iris"]
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"max_batch_size": -5}, "max_batch_size must be a whole number >= 1"),
+    ({"max_batch_size": 0}, "max_batch_size must be a whole number >= 1"),
+    ({"device": "tpu"}, "device must be one of cpu, gpu, cuda"),
+    ({"n_features": "four"}, "n_features must be a whole number >= 1"),
+    ({"type": "embedding", "pooling": "bogus"}, "pooling must be one of mean, cls"),
+    ({"type": "embedding", "max_tokens": 0}, "max_tokens must be a whole number >= 1"),
+    ({"file": "../tiny-gpt/model.onnx"}, "file must be a path inside the model's directory"),
+    ({"file": "/etc/passwd"}, "file must be a path inside the model's directory"),
+    ({"type": "completion", "chat_template": "{% for %}"}, "chat_template is not a valid Jinja template"),
+    ({"type": "translation"}, "type must be one of predict, embedding, completion"),
+    ({"max_batch_wait_ms": "soon"}, "max_batch_wait_ms must be a number >= 0"),
+])
+def test_a_config_no_worker_could_serve_is_refused_where_it_is_read(admin, model_dir, change, problem):
+    import shutil
+
+    target = model_dir / "iris-broken"  # the model directory is the session's: removed again
+    shutil.copytree(model_dir / "iris", target)
+    try:
+        config = json.loads((model_dir / "iris" / "config.json").read_text())
+        (target / "config.json").write_text(json.dumps({**config, **change}))
+        r = admin.post("/jobs", json={"type": "predict", "model": "iris-broken",
+                                      "input": {"features": [[1, 2, 3, 4]]}})
+        assert r.status_code == 404 and r.get_json()["error"]["code"] == "MODEL_NOT_FOUND"
+        message = r.get_json()["error"]["message"]
+        assert "config.json is broken" in message and problem in message
+        assert "iris-broken" not in {m["id"] for m in admin.get("/models").get_json()["models"]}
+    finally:
+        shutil.rmtree(target)
