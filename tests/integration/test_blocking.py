@@ -61,8 +61,15 @@ def test_an_event_stream_follows_a_job_that_ends_after_the_socket_timeout(api, s
 
 
 def test_a_validation_no_worker_answers_is_a_504(api, monkeypatch):
+    import json
+
     from api import models as model_routes
+    from inferno_jobs.job import now
 
     monkeypatch.setattr(model_routes, "VALIDATE_WAIT_S", 1)
+    svc = api.application.extensions["inferno"]
+    # A cpu worker's heartbeat, and no process behind it: the validation's message is never taken.
+    svc.redis.hset(svc.store.keys.workers(), "cpu@ghost", json.dumps(
+        {"hostname": "cpu@ghost", "pool": "cpu", "queues": [], "last_seen": now()}))
     r = api.post("/models/iris/validate")
     assert r.status_code == 504 and r.get_json()["error"]["code"] == "TIMEOUT", r.get_json()
