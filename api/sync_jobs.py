@@ -127,7 +127,8 @@ def _follow(store: JobStore, job_id: str, *, idle_s: float, tick_s: float, after
         if not events:
             job = store.get(job_id)
             if job.status.terminal:  # its stream is gone (expired): the record still tells the end
-                yield Event("0-0", STATUS, {"id": job_id, "status": job.status.value})
+                yield Event("0-0", STATUS, {"id": job_id, "status": job.status.value,
+                                            "at": job.finished_at or time.time()})
                 return
             if time.monotonic() - quiet_since > idle_s:
                 raise Timeout(f"job {job_id} sent nothing for {idle_s:g} s; follow it at GET /jobs/{job_id}/events",
