@@ -51,6 +51,8 @@ CHAT_ROLES = ("system", "developer", "user", "assistant")
 def text_content(content) -> str:
     """A chat message's ``content`` as one string: a string, or a list of OpenAI text parts joined."""
     if isinstance(content, list):
+        if not content:  # OpenAI's rule too: a list of parts has at least one
+            raise ValidationError("content must be a string or a non-empty list of text parts", "content")
         if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                    for p in content):
             raise ValidationError("content parts must be {\"type\": \"text\", \"text\": ...}", "content")

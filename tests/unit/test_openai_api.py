@@ -365,6 +365,7 @@ def test_a_reply_sent_back_as_the_client_returned_it_continues_the_chat(v1, inli
 @pytest.mark.parametrize("extra, message, param", [
     ({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function"}]}]},
      "this server calls no tools", "messages.0.tool_calls"),
+    ({"messages": [{"role": "user", "content": []}]}, "a non-empty list of text parts", "messages.0.content"),
     ({"stream": "yes"}, "Not a valid boolean", "stream"),
     ({"stream": 1}, "Not a valid boolean", "stream"),
     ({"logprobs": "true"}, "Not a valid boolean", "logprobs"),
