@@ -73,12 +73,12 @@ def submit(data: dict, *, owner: str, batch_id: str | None = None, idempotency: 
     if data.get("webhook"):  # the SSRF guard: refuse receivers on loopback, private, link-local... addresses
         NetworkGuard.from_settings(settings).check_url(
             data["webhook"]["url"], field="webhook_url" if data.get("webhook_url") else "webhook.url")
-    # Checked in the transaction that stores the job: a model whose runs keep failing takes no new jobs (503) until
-    # a probe job succeeds; backpressure (503) and the tenant's concurrent-jobs limit (429).
     for name, most in (("ttl_s", settings.max_ttl_s), ("timeout_s", settings.max_timeout_s)):
         if (data.get(name) or 0) > most:  # as the schema's own errors name their field
             message = f"must be at most {most} (INFERNO_MAX_{name[:-2].upper()}_S)"
             raise InvalidRequest(f"invalid request: {name} {message}", details={name: [message]})
+    # Checked in the transaction that stores the job: a model whose runs keep failing takes no new jobs (503) until
+    # a probe job succeeds; backpressure (503) and the tenant's concurrent-jobs limit (429).
     capacity = Capacity.of(model.pool, owner, model=model.name)
     job = Job.create(
         type=data["type"], model=model.name, tenant=owner, input=data["input"], priority=data["priority"],
