@@ -111,6 +111,7 @@ class ModelConfig:
 
 
 DEVICES = ("cpu", "gpu", "cuda")
+TEMPLATE_EXTENSION = "jinja2.ext.loopcontrols"  # chat templates are read with it (workers/tokenizer.py)
 _POSITIVE = ("max_batch_size", "n_features", "context_length", "max_tokens", "default_max_tokens", "dim",
              "num_layers", "num_heads", "head_dim", "hidden_size", "vocab_size", "max_input_chars", "max_input_items")
 _CHOICES = {"pooling": ("mean", "cls"), "task": ("classification", "regression")}
@@ -142,7 +143,7 @@ def check_config(raw: dict) -> None:
         import jinja2  # Flask's dependency; the worker renders with a sandbox of the same syntax
 
         try:
-            jinja2.Environment().parse(raw["chat_template"])
+            jinja2.Environment(extensions=[TEMPLATE_EXTENSION]).parse(raw["chat_template"])
         except (jinja2.TemplateSyntaxError, TypeError) as exc:
             raise ValueError(f"chat_template is not a valid Jinja template: {exc}") from None
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, pre_tokenizers
 
 from inferno_jobs.errors import InvalidRequest, ModelNotLoaded
+from inferno_jobs.model import TEMPLATE_EXTENSION
 
 CHAT_ROLES = ("system", "user", "assistant")
 
@@ -112,13 +113,14 @@ def _compile(template: str):
 
 
 def _environment():
-    # Jinja2 arrives with Flask. A sandbox, as transformers uses: templates come with model files.
+    # Jinja2 arrives with Flask. A sandbox, as transformers uses: templates come with model files; with
+    # {% break %} and {% continue %}, which transformers' templates may use.
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
         raise InvalidRequest(f"chat template: {message}", details={"field": "messages"})
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[TEMPLATE_EXTENSION])
     env.globals["raise_exception"] = raise_exception
     return env
 

@@ -362,3 +362,10 @@ def test_the_soft_time_limit_ends_the_micro_batch_instead_of_failing_one_input(t
     with pytest.raises(SoftTimeLimitExceeded):
         timed.run_batch([{"prompt": PROMPT}, {"prompt": PROMPT}])
     assert calls == [1]  # the second input never started
+
+
+def test_chat_templates_take_loop_controls_as_transformers_reads_them():
+    from workers.tokenizer import render_chat
+
+    template = "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.content }}{% endfor %}"
+    assert render_chat([{"role": "user", "content": "one"}, {"role": "user", "content": "two"}], template) == "one"
