@@ -213,12 +213,15 @@ class Session:
     def forward(self, request_id: str, job: Job, stream: bool) -> None:
         """Send a job's tokens (when it streams) and its end to the client."""
         with self.app.test_request_context():  # stream_tokens reads the app's services
+            pieces = []  # the text so far: a canceled job's complete message carries it
             try:
                 for kind, value in stream_tokens(job):
-                    if kind == "token" and stream:
-                        self.send({"type": "token", "id": request_id, **value})
+                    if kind == "token":
+                        pieces.append(value["token"])
+                        if stream:
+                            self.send({"type": "token", "id": request_id, **value})
                     elif kind == "end":
-                        self.send(self.complete(request_id, value))
+                        self.send(self.complete(request_id, value, "".join(pieces)))
                     elif kind == "error":
                         self.error(value, request_id)
             except ConnectionClosed:
@@ -237,7 +240,7 @@ class Session:
                 self.jobs.pop(request_id, None)
 
     @staticmethod
-    def complete(request_id: str, job: Job) -> dict:
+    def complete(request_id: str, job: Job, so_far: str = "") -> dict:
         if job.status is JobStatus.SUCCEEDED:
             result = job.result
             text = result["message"]["content"] if "message" in result else result["text"]
@@ -245,7 +248,7 @@ class Session:
                     "text": text, "finish_reason": result["finish_reason"], "usage": result["usage"]}
         if job.status is JobStatus.CANCELED:
             return {"type": "complete", "id": request_id, "job_id": job.id, "status": job.status.value,
-                    "text": None, "finish_reason": "canceled", "usage": None}
+                    "text": so_far, "finish_reason": "canceled", "usage": None}
         exc = job_error(job)
         return {"type": "error", "id": request_id, "code": exc.code, "message": exc.message, "details": exc.details}
 

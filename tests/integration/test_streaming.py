@@ -103,17 +103,18 @@ def test_websocket_streams_tokens_and_cancels_mid_stream(server, start_worker, t
         # A long one is canceled after three tokens.
         ws.send(json.dumps({"type": "inference", "id": "req_123", "model": "tiny-gpt", "prompt": "Once upon a time",
                             "max_tokens": 250, "temperature": 1.0, "seed": 3, "stream": True}))
-        seen = 0
-        while seen < 3:
+        seen = []
+        while len(seen) < 3:
             message = json.loads(ws.recv())
             assert message["type"] == "token" and message["id"] == "req_123"
-            seen += 1
+            seen.append(message["token"])
         started = time.monotonic()
         ws.send(json.dumps({"type": "cancel", "id": "req_123"}))
         while (message := json.loads(ws.recv()))["type"] == "token":
-            seen += 1
+            seen.append(message["token"])
         assert message["type"] == "complete" and message["finish_reason"] == "canceled"
-        assert time.monotonic() - started < 3 and seen < 200
+        assert message["text"] == "".join(seen)  # the text so far
+        assert time.monotonic() - started < 3 and len(seen) < 200
         job = live_app.test_client().get(f"/jobs/{message['job_id']}").get_json()
         assert job["status"] == "canceled" and job["priority"] == "high"
         ws.send("not json")
