@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any, Callable, Sequence
 
 import redis
@@ -203,6 +204,8 @@ def create(store: JobStore, config: EngineConfig, job: Job, model: ModelConfig,
     lead_s = job.ttl_s + job.timeout_s * store.settings.max_attempts
     if not store.redis.set(inflight, job.id, nx=True, ex=lead_s):
         job.shared_run_of = _text(store.redis.get(inflight) or b"") or None
+        if job.shared_run_of:
+            _await_record(store, job.shared_run_of)
     following = job.shared_run_of
     try:
         job, created = store.create(job, idempotency, publish=publish, guard=guard)
@@ -216,6 +219,20 @@ def create(store: JobStore, config: EngineConfig, job: Job, model: ModelConfig,
         # The leader it would have followed had already ended: this job runs, and leads from now on.
         store.redis.set(inflight, job.id, ex=lead_s)
     return job, created
+
+
+LEADER_WAIT_S = 0.2  # how long a follower waits for its leader's record: the leader claims the key, then stores
+
+
+def _await_record(store: JobStore, job_id: str) -> None:
+    """Wait, briefly, until the job ``job_id`` is stored. A leader claims the in-flight key one round trip before
+    its record is written; a follower that read the key in between would take the leader for ended and run alone,
+    so a burst of identical requests ran several times. Past ``LEADER_WAIT_S`` the leader was refused (its
+    creation failed): the follower runs alone, as it should."""
+    deadline = time.monotonic() + LEADER_WAIT_S
+    key = store.keys.job(job_id)
+    while not store.redis.exists(key) and time.monotonic() < deadline:
+        time.sleep(0.002)
 
 
 # -- the worker side: keeping results, settling followers ------------------------------------------------------------

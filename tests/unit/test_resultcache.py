@@ -226,6 +226,27 @@ def test_identical_requests_in_flight_share_one_run(app, svc):
     assert svc.redis.llen(svc.store.keys.cache_settle()) == 0
 
 
+def test_a_request_that_comes_while_its_leader_is_being_stored_follows_it(app, svc):
+    import threading
+
+    client = app.test_client()
+    leader = client.post("/jobs", json=IRIS).get_json()
+    key = svc.store.keys.job(leader["id"])
+    record = svc.redis.get(key)
+    svc.redis.delete(key)  # as between the leader's claim of the in-flight key and its record's write
+    threading.Timer(0.03, lambda: svc.redis.set(key, record)).start()
+    follower = client.post("/jobs", json=IRIS).get_json()
+    assert len(svc.celery.sent) == 1  # it waited for the record and follows: no run of its own
+    assert svc.store.get(follower["id"]).shared_run_of == leader["id"]
+    # A leader that is never stored (its creation was refused): the follower runs alone, after a short wait.
+    inflight = svc.store.keys.cache_inflight(svc.store.get(follower["id"]).cache_key)
+    svc.redis.set(inflight, "job_01nevers7oredbecauserefused0")
+    started = time.monotonic()
+    alone = client.post("/jobs", json={**IRIS, "priority": "high"}).get_json()
+    assert time.monotonic() - started < 2 and svc.store.get(alone["id"]).shared_run_of is None
+    assert len(svc.celery.sent) == 2
+
+
 def test_followers_of_a_leader_that_failed_run_on_their_own(app, svc):
     from inferno_jobs.errors import InferenceFailed
 
