@@ -127,8 +127,16 @@ def api(host: str | None, port: int | None, workers: int, threads: int) -> None:
     # serve a busy keep-alive connection's requests in place (api/keepalive.py).
     argv = [sys.executable, "-m", "gunicorn", "api.wsgi:app", "--bind", bind, "--workers", str(workers),
             "--worker-class", "api.keepalive.KeepAliveWorker", "--threads", str(threads),
-            "--graceful-timeout", "20"]
+            "--graceful-timeout", "20", *_no_control_socket()]
     os.execv(sys.executable, argv)
+
+
+def _no_control_socket() -> list[str]:
+    """The control socket of newer gunicorns is one path per user ($HOME/.gunicorn/gunicorn.ctl): each API on a
+    host took it over and removed it on exit, under the others. Nothing here uses it: off, where gunicorn has it."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return ["--no-control-socket"] if any("--no-control-socket" in (s.cli or []) for s in KNOWN_SETTINGS) else []
 
 
 @main.command()

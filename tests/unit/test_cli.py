@@ -238,3 +238,13 @@ def test_models_list_says_when_model_dir_is_missing_or_empty(tmp_path):
     assert code == 1 and out == "" and err.startswith(f"error: MODEL_DIR '{tmp_path / 'nowhere'}' is not a directory")
     code, out, err = run("models", "list", env={"MODEL_DIR": str(tmp_path)})
     assert code == 0 and out == "" and err.startswith(f"no models in {tmp_path}")
+
+
+def test_api_runs_gunicorn_without_the_per_user_control_socket(monkeypatch):
+    import inferno_jobs.cli as cli
+
+    ran = []
+    monkeypatch.setattr(cli.os, "execv", lambda path, argv: ran.append(argv))
+    assert CliRunner().invoke(main, ["api", "--port", "8123"]).exit_code == 0
+    argv = ran[0]
+    assert argv[argv.index("--bind") + 1].endswith(":8123") and "--no-control-socket" in argv
