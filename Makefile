@@ -23,8 +23,11 @@ install: $(VENV)/.installed ## virtual environment with every extra
 models: install ## build the demo models into MODEL_DIR (offline)
 	$(VENV)/bin/inferno-jobs models build-demo
 
-dev: install models ## API, worker, Flower and an embedded Redis
-	INFERNO_AUTH=$${INFERNO_AUTH:-disabled} $(VENV)/bin/inferno-jobs dev
+PORT ?= 8000
+FLOWER_PORT ?= 5555
+
+dev: install models ## API, worker, Flower and an embedded Redis (make dev PORT=8001 FLOWER_PORT=5556 for others)
+	INFERNO_AUTH=$${INFERNO_AUTH:-disabled} $(VENV)/bin/inferno-jobs dev --port $(PORT) --flower-port $(FLOWER_PORT)
 
 test: install ## unit and integration tests (integration ones start their own Redis and workers)
 	$(PY) -m pytest -q tests

@@ -3,9 +3,11 @@ Flower in one command; Ctrl-C stops them all."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,9 +31,28 @@ def _wait_http(url: str, timeout_s: float) -> bool:
     return False
 
 
+# Longer than a worker pool's own stop timeout (workers/pool.py: 30 s), so the pool SIGKILLs its stuck processes
+# itself; past it, the part's whole process group is.
+STOP_TIMEOUT_S = 40
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def run_dev(port: int = 8000, flower_port: int = 5555, build_models: bool = True, out=print) -> int:
     """Run the whole system in the foreground until Ctrl-C (or until one part exits)."""
     env_settings = Settings.from_env()
+    taken = [p for p in (port, flower_port) if _port_taken(env_settings.api_host, p)]
+    if taken:  # else /health could be another server's answer, taken for this one's
+        out(f"port {taken[0]} is in use (another server?): pick free ones with --port and --flower-port "
+            "(make dev PORT=... FLOWER_PORT=...)")
+        return 1
     redis_server = None
     if "REDIS_URL" not in os.environ:
         redis_server = RedisServer(appendonly=True).start()
@@ -61,7 +82,9 @@ def run_dev(port: int = 8000, flower_port: int = 5555, build_models: bool = True
         "webhooks": [python, "-m", "inferno_jobs.cli", "worker", "--pool", "webhooks"],
         "flower": [python, "-m", "inferno_jobs.cli", "flower", "--port", str(flower_port)],
     }
-    children = {name: subprocess.Popen(argv, env=env) for name, argv in parts.items()}
+    # Each part in a session of its own: Ctrl-C reaches this process only, which stops the parts in order (Redis
+    # last: a worker stopping while it is gone hangs retrying it), and can sweep a part's whole process group.
+    children = {name: subprocess.Popen(argv, env=env, start_new_session=True) for name, argv in parts.items()}
     stopping = False
 
     def stop(*_):
@@ -76,6 +99,8 @@ def run_dev(port: int = 8000, flower_port: int = 5555, build_models: bool = True
         out(f"Flower  http://127.0.0.1:{flower_port}")
         out(f"Redis   {settings.redis_url}")
         out(f"Models  {Path(settings.model_dir).resolve()}")
+        if port != 8000:
+            out(f"CLI     export INFERNO_API_URL={api_url}")
         out("Ctrl-C stops everything.")
     code = 0
     try:
@@ -87,14 +112,24 @@ def run_dev(port: int = 8000, flower_port: int = 5555, build_models: bool = True
                     stopping = True
             time.sleep(0.3)
     finally:
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children.values():
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        _stop(children.values())
         if redis_server:
             redis_server.close()
     return code
+
+
+def _stop(children) -> None:
+    """SIGTERM to each part; each has ``STOP_TIMEOUT_S`` to exit, then its process group is SIGKILLed. The group
+    goes in any case, so no process a part started outlives ``dev``."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for child in children:
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)  # its session's group: the part and what it started
+        child.wait()

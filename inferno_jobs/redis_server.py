@@ -52,7 +52,9 @@ class RedisServer:
         args = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
                 "--save", "", "--daemonize", "no", "--maxmemory-policy", "noeviction",
                 "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        # A session of its own: a terminal's Ctrl-C must not stop it before the processes that use it.
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + timeout_s
         while True:

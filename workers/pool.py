@@ -116,7 +116,10 @@ def supervise(specs: list[tuple[list[str], dict[str, str]]], poll_s: float = 0.2
             if ended:  # the others are stopped below
                 return _exit_code(ended[0].returncode) or 1
             time.sleep(poll_s)
-        return max((_exit_code(child.wait()) for child in children), default=0)
+        # Passed on to every process: each has stop_timeout_s to stop (a Celery shutdown can hang, e.g. retrying a
+        # Redis that went first), then SIGKILL; waiting without a bound left them running once this was killed.
+        deadline = time.monotonic() + stop_timeout_s
+        return max((_exit_code(_wait(child, deadline)) for child in children), default=0)
     finally:
         _stop(children, stop_timeout_s)
         for signum, handler in previous.items():
@@ -136,8 +139,13 @@ def _stop(children: list[subprocess.Popen], timeout_s: float) -> None:
             child.terminate()
     deadline = time.monotonic() + timeout_s
     for child in children:
-        try:
-            child.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        _wait(child, deadline)
+
+
+def _wait(child: subprocess.Popen, deadline: float) -> int:
+    """``child``'s return code once it exits, SIGKILLed if it is still running at ``deadline``."""
+    try:
+        return child.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        child.kill()
+        return child.wait()

@@ -57,3 +57,32 @@ def test_dev_runs_the_whole_system_and_stops_on_ctrl_c(model_dir, tmp_path):
     import redis
     with pytest.raises(redis.ConnectionError):
         redis.Redis(port=redis_port, socket_connect_timeout=1).ping()
+    assert not processes_using(f"redis://127.0.0.1:{redis_port}/0")  # no worker or pool child left behind
+
+
+def processes_using(redis_url: str) -> list[int]:
+    """The pids of processes whose environment names ``redis_url`` (what dev gave every part)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if f"REDIS_URL={redis_url}".encode() in f.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:  # gone meanwhile, or not ours to read
+                pass
+    return found
+
+
+def test_dev_refuses_a_port_another_server_holds(tmp_path):
+    import socket
+
+    from inferno_jobs.dev import run_dev
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        said = []
+        assert run_dev(port=held.getsockname()[1], flower_port=free_port(), build_models=False,
+                       out=said.append) == 1
+    assert "is in use" in said[0] and "--port" in said[0]

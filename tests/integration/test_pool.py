@@ -61,6 +61,19 @@ def test_sigterm_stops_every_child_and_the_pool_exits_0():
     assert signal.getsignal(signal.SIGTERM) is before  # the handlers are put back
 
 
+def test_a_child_that_hangs_in_its_shutdown_after_a_sigterm_is_killed_after_the_stop_timeout():
+    # As a Celery worker whose shutdown retries a Redis that stopped first: SIGTERM is taken, the exit never comes.
+    hangs = "import signal, time; signal.signal(signal.SIGTERM, lambda *a: time.sleep(60)); time.sleep(60)"
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    started = time.monotonic()
+    try:
+        code = supervise([child(hangs), child(GRACEFUL)], poll_s=0.05, stop_timeout_s=1)
+    finally:
+        timer.cancel()
+    assert code == 128 + signal.SIGKILL and time.monotonic() - started < 10
+
+
 def test_run_pool_supervises_the_pool_specs(tmp_path, monkeypatch):
     monkeypatch.setattr(pool, "pool_specs", lambda *a, **k: [child("import sys; sys.exit(3)"), child(SLEEPER)])
     assert pool.run_pool(Settings.from_env({}, model_dir=tmp_path), "cpu", concurrency=1) == 3
