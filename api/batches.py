@@ -380,6 +380,15 @@ def errors(batch_id: str):
     return jsonl(batch_store().jsonl(batch, only_failed=True))
 
 
+def settling(batch) -> bool:
+    """Whether an ended (canceled or expired) batch still has a chunk running that may store results: one started
+    within a chunk's hard time limit (``INFERNO_BATCH_CHUNK_TIMEOUT_S`` + the grace) of now."""
+    from workers.celery_app import HARD_LIMIT_GRACE_S
+
+    return bool(batch.chunks_running_since) and batch.settling(
+        services().settings.batch_chunk_timeout_s + HARD_LIMIT_GRACE_S)
+
+
 @bp.post("/batches/<batch_id>/retry")
 def retry(batch_id: str):
     """A new batch of this batch's failed lines (same custom_ids and line numbers): 202 with it.
@@ -393,6 +402,10 @@ def retry(batch_id: str):
     if not parent.status.terminal:
         raise Conflict(f"batch {batch_id} is still {parent.status.value}; retry it once it has ended",
                        details={"status": parent.status.value})
+    if settling(parent):  # its failed lines are not all known yet, and a batch is retried once
+        raise Conflict(f"batch {batch_id} is {parent.status.value} but a chunk that was running then has not stored "
+                       "its results yet; retry it once it has (/v1/batches/<id> says cancelled)",
+                       details={"status": parent.status.value, "chunks_running": len(parent.chunks_running_since)})
     lines, invalid = store.failed_requests(parent)
     if not lines:
         raise Conflict(f"batch {batch_id} has no failed line that can run again",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 from marshmallow import RAISE, Schema, fields, validate
 
-from api.batches import batch_store, create_batch, file_store, limits
+from api.batches import batch_store, create_batch, file_store, limits, settling
 from api.body import json_body
 from api.compat_schemas import load_request
 from api.deliveries import dispatch_webhooks
@@ -25,7 +25,6 @@ from inferno_jobs.batchfile import OPENAI_ENDPOINTS, Reader
 from inferno_jobs.errors import InvalidRequest
 from inferno_jobs.job import JobType
 from inferno_jobs.schemas import cursor_field
-from workers.celery_app import HARD_LIMIT_GRACE_S
 
 bp = Blueprint("openai_batches", __name__, url_prefix="/v1")
 init_blueprint(bp)
@@ -72,21 +71,15 @@ def _in_progress_at(batch: Batch) -> int | None:
     return int(batch.created_at)
 
 
-def _settling(batch: Batch) -> bool:
-    """Whether a canceled or expired batch still has a chunk running: it may store results."""
-    return bool(batch.chunks_running_since) and batch.settling(
-        services().settings.batch_chunk_timeout_s + HARD_LIMIT_GRACE_S)
-
-
 def openai_batch(batch: Batch) -> dict:
     """OpenAI's batch object for ``batch``: a canceled batch is ``cancelling`` while a chunk that was running
     when it was canceled runs on, then ``cancelled``; an ended batch has its output and error files once no chunk
     runs."""
     canceled = batch.status is BatchStatus.CANCELED
-    settling = _settling(batch)
+    running = settling(batch)
     ended = batch.finished_at if batch.status.terminal else None
-    files = ended is not None and not settling  # an ended batch's files, once no chunk adds to them
-    status = "cancelling" if canceled and settling else _STATUS[batch.status]
+    files = ended is not None and not running  # an ended batch's files, once no chunk adds to them
+    status = "cancelling" if canceled and running else _STATUS[batch.status]
     errors = None
     if batch.errors:
         errors = {"object": "list", "data": [{"code": e.get("code", "").lower(), "message": e.get("message"),
@@ -110,7 +103,7 @@ def openai_batch(batch: Batch) -> dict:
         "failed_at": _ts(ended if batch.status is BatchStatus.FAILED else None),
         "expired_at": _ts(ended if batch.status is BatchStatus.EXPIRED else None),
         "cancelling_at": _ts(ended if canceled else None),
-        "cancelled_at": _ts((batch.settled_at or ended) if canceled and not settling else None),
+        "cancelled_at": _ts((batch.settled_at or ended) if canceled and not running else None),
         "request_counts": batch.request_counts,
         "usage": {**batch.usage, "input_tokens_details": {"cached_tokens": 0},
                   "output_tokens_details": {"reasoning_tokens": 0}},

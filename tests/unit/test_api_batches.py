@@ -413,6 +413,8 @@ def test_a_v1_batch_is_cancelling_while_a_chunk_that_was_running_runs_on(client,
 
     def engine(model, inputs):  # the batch is canceled while this chunk runs
         during.append(client.post(f"/v1/batches/{batch['id']}/cancel").get_json())
+        early = client.post(f"/batches/{batch['id']}/retry")  # its failed lines are not all known yet
+        assert early.status_code == 409 and early.get_json()["error"]["details"]["chunks_running"] == 1
         return [FAKE_VECTOR for _ in inputs]
     runner = ChunkRunner(batches, engine)
     assert runner.run(*chunks[0]) == 1
