@@ -37,7 +37,9 @@ STOP_TIMEOUT_S = 40
 
 
 def _port_taken(host: str, port: int) -> bool:
+    """Whether a server listens on ``port`` (a port left in TIME_WAIT by the last run is free, as for gunicorn)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
